@@ -1,0 +1,96 @@
+"""Reads: the ledger, queue depths, workers. No writes here."""
+from __future__ import annotations
+
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from apps.control import states
+from apps.control.models import DeadLetter, PausedQueue, TaskRecord
+from project import topology
+
+
+def _app():
+    from project.celery import app
+
+    return app
+
+
+def tasks_visible_to(user):
+    qs = TaskRecord.objects.all()
+    return qs if user.is_staff else qs.filter(owner=user)
+
+
+def queue_depth_map() -> dict[str, int | None]:
+    from apps.core.broker import queue_depths
+
+    return {d.name: d.messages for d in queue_depths(topology.all_queue_names())}
+
+
+def workers(timeout: float = 1.5) -> list[dict]:
+    """Online workers: role, pool, concurrency, queues consumed now (paused ones drop out), active tasks."""
+    from apps.core.health import worker_report
+
+    return worker_report(timeout=timeout, include_active=True)
+
+
+def task_ids_held_by_workers(timeout: float = 1.5) -> set[str]:
+    inspect = _app().control.inspect(timeout=timeout)
+    held: set[str] = set()
+    for answer in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+        for tasks in (answer or {}).values():
+            for task in tasks:
+                held.add(task.get("id") or (task.get("request") or {}).get("id"))
+    return held
+
+
+def queues_status(with_depths: bool = True) -> list[dict]:
+    paused = {p.queue: p for p in PausedQueue.objects.all()}
+    depths = queue_depth_map() if with_depths else {}
+    out = []
+    for lane in topology.LANES:
+        p = paused.get(lane.name)
+        out.append({
+            "name": lane.name, "role": lane.role, "paused": p is not None,
+            "paused_at": p.paused_at if p else None, "paused_reason": p.reason if p else "",
+            "messages": depths.get(lane.name),
+            "dead_letter_queue": topology.dead_letter_queue_name(lane.name),
+            "dead_letter_messages": depths.get(topology.dead_letter_queue_name(lane.name)),
+            "dead_letters_stored": DeadLetter.objects.filter(queue=lane.name, replayed_at__isnull=True).count(),
+        })
+    return out
+
+
+def state_counts() -> dict:
+    by_state = dict(TaskRecord.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    by_queue: dict[str, dict[str, int]] = {}
+    for queue, state, n in TaskRecord.objects.values_list("queue", "state").annotate(n=Count("id")):
+        by_queue.setdefault(queue or "unknown", {})[state] = n
+    return {"by_state": {s: by_state.get(s, 0) for s in states.ALL}, "by_queue": by_queue}
+
+
+def oldest_queued_age(now=None) -> dict[str, float]:
+    """Seconds since the oldest task still QUEUED in each queue was published (from the ledger)."""
+    now = now or timezone.now()
+    rows = TaskRecord.objects.filter(state=states.QUEUED).values("queue").annotate(oldest=Min("sent_at"))
+    return {r["queue"]: (now - r["oldest"]).total_seconds() for r in rows if r["oldest"] and r["queue"]}
+
+
+def oldest_dead_letter_age(now=None) -> dict[str, float]:
+    now = now or timezone.now()
+    rows = DeadLetter.objects.filter(replayed_at__isnull=True).values("dead_letter_queue").annotate(
+        oldest=Min("dead_at"), stored=Min("stored_at"))
+    return {r["dead_letter_queue"]: (now - (r["oldest"] or r["stored"])).total_seconds() for r in rows}
+
+
+def dead_letters_matching(ids=None, queues=None, reasons=None, task_name=None):
+    """Dead letters selected by id, queue, reason and task name (each optional): the API and `manage.py dlq`."""
+    qs = DeadLetter.objects.all()
+    if ids:
+        qs = qs.filter(id__in=ids)
+    if queues:
+        qs = qs.filter(queue__in=queues)
+    if reasons:
+        qs = qs.filter(reason__in=reasons)
+    if task_name:
+        qs = qs.filter(task_name=task_name)
+    return qs

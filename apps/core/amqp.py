@@ -1,0 +1,98 @@
+"""The publishing side of the topology: every task message leaves through here.
+
+``PlatformAMQP`` wraps Celery's task sender (the one choke point for apply_async, retries, canvas and
+send_task) to add two things Celery lacks:
+
+* delayed delivery on direct exchanges: a message due later than MIN_DELAY_SECONDS is published to the
+  delay levels (apps/core/delays.py) instead of to a worker that would hold it unacked until due;
+* a clear ``QueueFull`` error when RabbitMQ refuses a message because its queue is at its bound;
+* a message-size guard: the body is serialized once, when the message is built, and a body over
+  ``PLATFORM_MAX_MESSAGE_BYTES`` raises ``MessageTooLarge`` to the caller instead of being published.
+"""
+from __future__ import annotations
+
+import logging
+
+import kombu.exceptions
+from amqp.exceptions import MessageNacked
+from celery.app.amqp import AMQP
+from django.conf import settings
+from kombu.serialization import dumps
+
+from apps.core import delays
+from project.topology import DELAY_ENTRY_EXCHANGE, LANES_BY_NAME
+
+
+class MessageTooLarge(ValueError):
+    """A task message is larger than the platform accepts; pass ids or paths, not data."""
+
+
+class QueueFull(kombu.exceptions.OperationalError):
+    """RabbitMQ refused the message: its queue is at its bound (x-max-length, reject-publish).
+
+    Nothing was enqueued. Callers retry later (the HTTP API answers 429 with Retry-After).
+    """
+
+    retry_after_seconds = 30
+
+
+class _DropDirectExchangeWarning(logging.Filter):
+    """Celery warns on every delayed publish to a direct exchange that the task "may block the worker".
+
+    PlatformAMQP routes those publishes through the delay levels, so the warning is wrong here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Direct exchanges are not supported with native delayed delivery" not in record.getMessage()
+
+
+logging.getLogger("celery.app.base").addFilter(_DropDirectExchangeWarning())
+
+
+class PlatformAMQP(AMQP):
+    def as_task_v2(self, task_id, name, *args, **kwargs):
+        """Build the message, serialize its body once, and refuse it if too large.
+
+        This runs before Celery takes a connection from its pool: an exception raised while a pooled
+        connection is held leaves a closed connection in the pool (kombu 5.7), breaking later publishes.
+        """
+        message = super().as_task_v2(task_id, name, *args, **kwargs)
+        content_type, content_encoding, data = dumps(message.body, self.app.conf.task_serializer)
+        max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
+        if len(data) > max_bytes:
+            raise MessageTooLarge(
+                f"task {name} message is {len(data)} bytes, over the limit of {max_bytes} bytes "
+                "(PLATFORM_MAX_MESSAGE_BYTES): pass ids or file paths, not data"
+            )
+        message.properties.update(content_type=content_type, content_encoding=content_encoding)
+        return message._replace(body=data)
+
+    def _create_task_sender(self):
+        send = super()._create_task_sender()
+        queues = self.queues
+
+        def send_task_message(producer, name, message, exchange=None, routing_key=None, queue=None, **kwargs):
+            headers = message.headers
+            eta = headers.get("eta")
+            delay = delays.seconds_until(eta) if eta else 0
+            if delay >= delays.MIN_DELAY_SECONDS:
+                destination = queues[queue] if isinstance(queue, str) else queue
+                target_key = delays.strip_delay_prefix(routing_key or destination.routing_key)
+                delays.ensure_delay_topology(producer.connection, [destination] if destination else [])
+                exchange, routing_key = DELAY_ENTRY_EXCHANGE, delays.delay_routing_key(delay, target_key)
+                kwargs["exchange_type"] = "topic"
+                kwargs["declare"] = []  # the delay levels are declared above; nothing else to declare
+
+            try:
+                return send(producer, name, message, exchange=exchange, routing_key=routing_key, queue=queue, **kwargs)
+            except (MessageNacked, kombu.exceptions.OperationalError) as exc:
+                # kombu re-raises the broker's nack as an OperationalError with an empty message.
+                if not isinstance(exc, MessageNacked) and not isinstance(exc.__cause__ or exc.__context__, MessageNacked):
+                    raise
+                target = queue.name if hasattr(queue, "name") else queue or routing_key
+                lane = LANES_BY_NAME.get(target)
+                bound = f" (bound: {lane.max_length} messages)" if lane else ""
+                raise QueueFull(f"RabbitMQ refused task {name}[{headers.get('id')}]: queue {target} is full{bound}; "
+                                "nothing was enqueued, retry later") from exc
+
+        return send_task_message

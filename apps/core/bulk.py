@@ -1,0 +1,105 @@
+"""Enqueue many tasks at once with the same durability as one ``apply_async`` with publisher confirms.
+
+``apply_async`` with ``confirm_publish`` waits for RabbitMQ's confirm after every message: one round trip
+per task. ``enqueue_many`` publishes every message on one confirm-mode channel and then waits for all the
+confirms together, so the round trips overlap. It returns only when RabbitMQ has confirmed every message,
+and raises ``BulkPublishError`` naming the task ids it refused (a full queue nacks with reject-publish) or
+did not confirm in time. Messages go through Celery's normal send path, so routing, delayed delivery, the
+size guard and task-sent events are exactly as for ``apply_async``.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable
+
+from celery import Signature
+from celery.result import AsyncResult
+
+from project.celery import app
+
+
+class BulkPublishError(RuntimeError):
+    def __init__(self, message: str, refused: list[str], unconfirmed: list[str]):
+        super().__init__(message)
+        self.refused = refused
+        self.unconfirmed = unconfirmed
+
+
+class _ConfirmTracker:
+    """Delivery tags of a confirm-mode channel, settled in the order RabbitMQ confirms them.
+
+    A confirm with ``multiple`` settles every still-unsettled tag up to its own; a tag is settled once,
+    so a later multiple-ack never turns an earlier nack into an ack.
+    """
+
+    def __init__(self, channel):
+        self.published = 0  # delivery tags are 1..published, in publish order
+        self.states: dict[int, str] = {}
+        self._lowest_unsettled = 1
+        channel.events["basic_ack"].add(lambda tag, multiple: self._settle(tag, multiple, "acked"))
+        channel.events["basic_nack"].add(lambda tag, multiple: self._settle(tag, multiple, "nacked"))
+
+    def _settle(self, delivery_tag: int, multiple: bool, state: str) -> None:
+        if multiple:
+            for tag in range(self._lowest_unsettled, delivery_tag + 1):
+                self.states.setdefault(tag, state)
+        else:
+            self.states.setdefault(delivery_tag, state)
+        while self._lowest_unsettled in self.states:
+            self._lowest_unsettled += 1
+
+    def state(self, tag: int) -> str | None:
+        return self.states.get(tag)
+
+    def settled(self) -> bool:
+        return self._lowest_unsettled > self.published
+
+
+def enqueue_many(signatures: Iterable[Signature], confirm_timeout: float = 30) -> list[AsyncResult]:
+    """Publish every signature; return their results once RabbitMQ confirmed all of them."""
+    # Errors are raised only after the connection is back in the pool: kombu closes a pooled connection
+    # that an exception passes through and then still returns it to the pool, closed (kombu 5.7).
+    error: Exception | None = None
+    results: list[AsyncResult] = []
+    with app.pool.acquire(block=True) as connection:
+        channel = connection.channel()
+        try:
+            channel.confirm_select()
+            tracker = _ConfirmTracker(channel)
+            raw_publish = channel._basic_publish
+
+            def publish_without_waiting(*args, **kwargs):
+                kwargs.pop("confirm_timeout", None)
+                tracker.published += 1
+                return raw_publish(*args, **kwargs)
+
+            channel.basic_publish = publish_without_waiting  # confirms are collected below, not one by one
+            producer = app.amqp.Producer(channel, auto_declare=False)
+            task_tags: list[tuple[int, AsyncResult]] = []
+            for signature in signatures:
+                before = tracker.published
+                result = signature.apply_async(producer=producer)
+                task_tags.append((before + 1, result))  # the task message is the first publish of the call
+
+            deadline = time.monotonic() + confirm_timeout
+            while not tracker.settled() and time.monotonic() < deadline:
+                try:
+                    connection.drain_events(timeout=max(0.01, deadline - time.monotonic()))
+                except socket.timeout:
+                    break
+            refused = [r.id for tag, r in task_tags if tracker.state(tag) == "nacked"]
+            unconfirmed = [r.id for tag, r in task_tags if tracker.state(tag) is None]
+            if refused or unconfirmed:
+                error = BulkPublishError(
+                    f"{len(refused)} of {len(task_tags)} messages refused by RabbitMQ (queue full?) and "
+                    f"{len(unconfirmed)} not confirmed within {confirm_timeout}s; the others were accepted",
+                    refused, unconfirmed)
+            results = [result for _, result in task_tags]
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the pooled connection's context
+            error = exc
+        finally:
+            channel.close()
+    if error is not None:
+        raise error
+    return results

@@ -1,0 +1,69 @@
+"""The demo workload: a mix of tasks across every lane, and its progress as the workers report it.
+
+Every lane has a probe (a no-op that reports where it ran). Apps add real work from their
+AppConfig.ready() with ``register``; each entry enqueues one unit of work on its lane and returns the
+id of the task whose result says it finished. Progress is read from the result table
+(django-celery-results).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery import states
+from django_celery_results.models import TaskResult
+
+from project import topology
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    queue: str
+    label: str
+    enqueue: Callable[[int], str]  # (sequence number) -> task id
+
+
+_JOBS: list[DemoJob] = []
+
+
+def register(queue: str, label: str, enqueue: Callable[[int], str]) -> None:
+    if queue not in topology.LANES_BY_NAME:
+        raise ValueError(f"unknown queue {queue!r}; declared: {', '.join(topology.LANES_BY_NAME)}")
+    _JOBS.append(DemoJob(queue, label, enqueue))
+
+
+def _register_probes() -> None:
+    from apps.datasets.tasks import probe as dataset_probe
+    from apps.mail.tasks import probe as mail_probe
+    from apps.tracing.tasks import probe as tracing_probe
+
+    register(topology.DATASET, "probe", lambda i: dataset_probe.delay().id)
+    register(topology.MAIL, "probe", lambda i: mail_probe.delay().id)
+    register(topology.OPS_TRACE, "probe", lambda i: tracing_probe.delay().id)
+
+
+def jobs() -> list[DemoJob]:
+    if not any(job.label == "probe" for job in _JOBS):
+        _register_probes()
+    return list(_JOBS)
+
+
+def enqueue_demo(per_job: int) -> dict[str, list[str]]:
+    """Enqueue ``per_job`` units of every registered job, interleaved; return task ids by queue."""
+    ids: dict[str, list[str]] = {}
+    for i in range(per_job):
+        for job in jobs():
+            ids.setdefault(job.queue, []).append(job.enqueue(i))
+    return ids
+
+
+def demo_progress(ids_by_queue: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """Per queue: how many tasks are done (SUCCESS), failed (FAILURE/REVOKED) and still pending."""
+    all_ids = [task_id for ids in ids_by_queue.values() for task_id in ids]
+    status = dict(TaskResult.objects.filter(task_id__in=all_ids).values_list("task_id", "status"))
+    progress = {}
+    for queue, ids in ids_by_queue.items():
+        done = sum(status.get(i) == states.SUCCESS for i in ids)
+        failed = sum(status.get(i) in (states.FAILURE, states.REVOKED) for i in ids)
+        progress[queue] = {"done": done, "failed": failed, "pending": len(ids) - done - failed}
+    return progress

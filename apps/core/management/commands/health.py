@@ -1,0 +1,40 @@
+import json
+
+from django.core.management.base import BaseCommand
+
+from apps.core.health import health_report
+
+
+class Command(BaseCommand):
+    help = "Check broker, database, workers per role and queue depths; exit 1 when something is down."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def handle(self, *args, **options):
+        report = health_report()
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+        else:
+            self._print(report)
+        if not report["ok"]:
+            raise SystemExit(1)
+
+    def _print(self, report):
+        out = self.stdout.write
+        out(f"broker:   {report['broker']}")
+        out(f"database: {report['database']}")
+        out("workers:")
+        for w in report["workers"]:
+            out(f"  {w['hostname']:<28} role={w['role']:<4} pool={w['pool']:<8} "
+                f"concurrency={w['concurrency']} queues={','.join(w['queues'])}")
+        if not report["workers"]:
+            out("  (none online)")
+        out("queues:")
+        for q in report["queues"]:
+            messages = "missing" if q["messages"] is None else q["messages"]
+            out(f"  {q['name']:<16} messages={messages!s:<8} consumers={q['consumers']}")
+        if report["problems"]:
+            self.stderr.write("problems:\n" + "\n".join(f"  - {p}" for p in report["problems"]))
+        else:
+            out(self.style.SUCCESS("all healthy"))

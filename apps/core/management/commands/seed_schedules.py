@@ -1,0 +1,12 @@
+from django.core.management.base import BaseCommand
+
+from apps.core.schedules import DEFAULT_SCHEDULES, seed_schedules
+
+
+class Command(BaseCommand):
+    help = "Create the default periodic tasks that do not exist yet (never changes existing ones)."
+
+    def handle(self, *args, **options):
+        created = seed_schedules()
+        kept = len(DEFAULT_SCHEDULES) - len(created)
+        self.stdout.write(f"schedules: {len(created)} created, {kept} already present (left as they are)")

@@ -1,0 +1,274 @@
+"""Writes: register an import, run its steps (called by the tasks), record progress, failure and cancel.
+
+State rules that keep a profile trustworthy:
+* a dataset leaves QUEUED/RUNNING exactly once, by a conditional UPDATE (``_settle``), so a cancel,
+  a failure, a time-out and the final merge can race and only the first one counts;
+* the profile is written in the same UPDATE that sets READY, so a partial profile is never shown.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from apps.datasets import pipeline
+from apps.datasets.models import ACTIVE_STATUSES, Dataset, Status
+from apps.datasets.source import DatasetInputError, Plan
+
+logger = logging.getLogger(__name__)
+
+OPTION_KEYS = {"chunk_bytes", "soft_time_limit", "time_limit", "pause_per_chunk", "encoding"}
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+def datasets_root() -> Path:
+    return Path(settings.DATASETS_ROOT)
+
+
+def workdir_for(dataset: Dataset) -> Path:
+    """One directory per import, never reused (SQLite may reuse the id of a deleted row; the uuid is not)."""
+    return datasets_root() / "runs" / f"{dataset.pk}-{dataset.task_id}"
+
+
+def remove_workdir(dataset: Dataset) -> None:
+    """Delete an import's files (Parquet copy, scratch); the row and its profile stay."""
+    pipeline.remove_workdir(workdir_for(dataset))
+
+
+def limits_for(dataset: Dataset) -> pipeline.Limits:
+    return pipeline.Limits(
+        chunk_bytes=int(dataset.options.get("chunk_bytes") or settings.DATASETS_CHUNK_BYTES),
+        max_line_bytes=settings.DATASETS_MAX_LINE_BYTES,
+        exact_distinct_bound=settings.DATASETS_EXACT_DISTINCT_BOUND,
+        hash_group_bytes=settings.DATASETS_HASH_GROUP_BYTES,
+        chunk_multiple=settings.DATASETS_CHUNK_MULTIPLE,
+    )
+
+
+def time_limits_for(dataset: Dataset) -> dict:
+    soft = float(dataset.options.get("soft_time_limit") or settings.DATASETS_SOFT_TIME_LIMIT)
+    hard = float(dataset.options.get("time_limit") or max(settings.DATASETS_TIME_LIMIT, soft + 30))
+    return {"soft_time_limit": soft, "time_limit": hard}
+
+
+# --- registering -------------------------------------------------------------------------------------
+
+def validate_options(options: dict | None) -> dict:
+    options = dict(options or {})
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTION_KEYS))}")
+    for key, value in options.items():
+        if key == "encoding":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"option encoding must be a text encoding name, got {value!r}")
+            continue  # an unknown name is reported on the dataset by the worker
+        if not isinstance(value, (int, float)) or value < 0 or (key == "chunk_bytes" and value < 1024):
+            raise ValueError(f"option {key} must be a number >= {1024 if key == 'chunk_bytes' else 0}, got {value!r}")
+    return options
+
+
+def register_dataset(path: str, name: str | None = None, options: dict | None = None) -> Dataset:
+    """Create the next version of dataset ``name`` for the file at ``path`` and enqueue it after commit.
+
+    The file is checked by the worker, not here: a missing file becomes a FAILED dataset with a message.
+    """
+    options = validate_options(options)
+    path = str(Path(path).expanduser().absolute())
+    name = (name or Path(path).stem).strip()[:200] or "dataset"
+    for attempt in range(5):  # two imports of one name at once: the unique (name, version) decides
+        try:
+            with transaction.atomic():
+                version = (Dataset.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0) + 1
+                dataset = Dataset.objects.create(name=name, version=version, source_path=path, options=options,
+                                                 task_id=str(uuid.uuid4()), start_task_id=str(uuid.uuid4()))
+                transaction.on_commit(lambda: _enqueue(dataset))
+            return dataset
+        except IntegrityError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def register_upload(upload, name: str | None = None, options: dict | None = None) -> Dataset:
+    """Store an uploaded file under DATASETS_ROOT/uploads and register it."""
+    filename = Path(upload.name or "upload.csv").name
+    target = datasets_root() / "uploads" / uuid.uuid4().hex / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        for piece in upload.chunks():
+            out.write(piece)
+    return register_dataset(str(target), name=name or Path(filename).stem, options=options)
+
+
+def reimport(dataset: Dataset) -> Dataset:
+    """A new version of the same dataset from the same path."""
+    return register_dataset(dataset.source_path, name=dataset.name, options=dataset.options)
+
+
+def _enqueue(dataset: Dataset) -> None:
+    from apps.datasets.tasks import start_import
+
+    start_import.apply_async((dataset.pk,), task_id=dataset.start_task_id, **time_limits_for(dataset))
+
+
+# --- settling a dataset exactly once -----------------------------------------------------------------
+
+def _settle(dataset_id: int, status: str, stage: str, **fields) -> bool:
+    """Move an active dataset to a final status; False if something else settled it first."""
+    updated = Dataset.objects.filter(pk=dataset_id, status__in=ACTIVE_STATUSES).update(
+        status=status, stage=stage, finished_at=timezone.now(), **fields)
+    if updated and status != Status.READY:
+        _end_task_state(dataset_id, status, fields.get("error", ""))
+    return bool(updated)
+
+
+def _end_task_state(dataset_id: int, status: str, message: str) -> None:
+    """Whoever follows the import's task id (--wait, the demo, the API) sees it end, not PROGRESS forever:
+    after a failed scan or a cancel that task never runs."""
+    from project.celery import app
+
+    task_id = Dataset.objects.values_list("task_id", flat=True).get(pk=dataset_id)
+    if status == Status.CANCELLED:
+        app.backend.mark_as_revoked(task_id, reason=message)
+    else:
+        app.backend.mark_as_failure(task_id, RuntimeError(f"dataset {dataset_id} {status}: {message}"))
+
+
+def cancel_dataset(dataset_id: int) -> bool:
+    """Stop a queued or running import: the flag stops running tasks, revoke drops queued ones."""
+    if not _settle(dataset_id, Status.CANCELLED, "cancelled", error="cancelled by a user"):
+        return False
+    dataset = Dataset.objects.get(pk=dataset_id)
+    from project.celery import app
+
+    ids = [dataset.start_task_id, *dataset.chunk_task_ids, dataset.task_id]
+    app.control.revoke([i for i in ids if i])
+    return True
+
+
+def record_input_error(dataset_id: int, error: DatasetInputError) -> bool:
+    return _settle(dataset_id, Status.FAILED, "failed", error=error.message,
+                   error_row=error.row, error_column=error.column or "")
+
+
+def record_unexpected_error(dataset_id: int, what: str, error: BaseException) -> bool:
+    return _settle(dataset_id, Status.FAILED, "failed", error=f"{what} failed: {type(error).__name__}: {error}")
+
+
+def record_timeout(dataset_id: int, what: str, limit: float | None) -> bool:
+    return _settle(dataset_id, Status.TIMED_OUT, "timed out",
+                   error=f"{what} exceeded its soft time limit ({limit:g} s): the import was stopped. Use smaller "
+                         "chunks (chunk_bytes) or a longer limit (DATASETS_SOFT_TIME_LIMIT) and import again.")
+
+
+def record_hard_timeout(dataset_id: int, task_name: str, limit: float | None) -> bool:
+    return _settle(dataset_id, Status.TIMED_OUT, "timed out",
+                   error=f"{task_name} hit its hard time limit ({limit:g} s) and its worker child was killed: "
+                         "the import was stopped. Use smaller chunks or a longer limit (DATASETS_TIME_LIMIT).")
+
+
+def is_running(dataset_id: int) -> bool:
+    return Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).exists()
+
+
+# --- the steps (called by the tasks) -----------------------------------------------------------------
+
+def _report(task, dataset: Dataset | int) -> None:
+    """Celery state PROGRESS on the import's task id (the one --wait, the demo and the API follow).
+
+    Only while the dataset is RUNNING: a settled import's task id has its final state. (A chunk that read
+    RUNNING just before another one settled the dataset can still write PROGRESS once; the chord then
+    ends the id with the failure of the failed chunk, or the cancel's revoke.)
+    """
+    dataset_id = dataset if isinstance(dataset, int) else dataset.pk
+    row = Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).values(
+        "task_id", "stage", "rows_processed", "rows_total", "chunks_done", "chunks_total").first()
+    if row is None:
+        return
+    task_id = row.pop("task_id")
+    task.update_state(task_id=task_id, state="PROGRESS", meta={"dataset_id": dataset_id, **row})
+    # The same progress as a task-progress event: the control ledger and the live progress page follow it.
+    from apps.control.progress import report_progress
+
+    report_progress(task, step=row["stage"], current=row["rows_processed"], total=row["rows_total"], task_id=task_id)
+
+
+def start_import(dataset_id: int, task) -> dict:
+    """Scan the file, then fan the chunks out to prefork children with a chord that merges them."""
+    started = Dataset.objects.filter(pk=dataset_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, stage="scanning", started_at=timezone.now())
+    if not started:
+        return {"dataset_id": dataset_id, "skipped": "not queued (cancelled?)"}
+    dataset = Dataset.objects.get(pk=dataset_id)
+    _report(task, dataset)
+    plan = pipeline.plan_import(dataset.source_path, workdir_for(dataset), limits_for(dataset),
+                                encoding=dataset.options.get("encoding"))
+    chunk_ids = [str(uuid.uuid4()) for _ in plan.chunks]
+    updated = Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).update(
+        plan=plan.to_json(), stage="profiling", rows_total=plan.data_rows_estimate,
+        chunks_total=len(plan.chunks), chunk_task_ids=chunk_ids)
+    if not updated:
+        return {"dataset_id": dataset_id, "skipped": "cancelled during the scan"}
+    _report(task, dataset)
+
+    from celery import chord
+
+    from apps.datasets.tasks import finish_import, profile_chunk
+
+    limits = time_limits_for(dataset)
+    header = [profile_chunk.si(dataset_id, c.index, c.offset, c.length, c.first_line).set(task_id=chunk_ids[c.index], **limits)
+              for c in plan.chunks]
+    chord(header)(finish_import.s(dataset_id).set(task_id=dataset.task_id, **limits))
+    return {"dataset_id": dataset_id, "chunks": len(plan.chunks), "rows_estimate": plan.data_rows_estimate}
+
+
+def profile_chunk(dataset_id: int, index: int, offset: int, length: int, first_line: int, task) -> dict:
+    dataset = Dataset.objects.get(pk=dataset_id)
+    if dataset.status != Status.RUNNING:
+        return {"index": index, "skipped": dataset.status}
+    plan = Plan.from_json(dataset.plan)
+    chunk = plan.chunks[index]
+    if (chunk.offset, chunk.length, chunk.first_line) != (offset, length, first_line):
+        raise ValueError(f"chunk {index} of dataset {dataset_id} does not match its plan")
+    pause = float(dataset.options.get("pause_per_chunk") or 0)
+    if pause:
+        import time
+
+        time.sleep(pause)  # demo/test option: makes progress, cancel and time limits observable
+        if not is_running(dataset_id):
+            return {"index": index, "skipped": "cancelled"}
+    result = pipeline.process_chunk(plan, chunk, workdir_for(dataset), limits_for(dataset))
+    Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).update(
+        rows_processed=F("rows_processed") + result["rows"], chunks_done=F("chunks_done") + 1)
+    _report(task, dataset_id)
+    return {**result, "pid": os.getpid()}
+
+
+def finish_import(results: list[dict], dataset_id: int, task) -> dict:
+    """Merge the chunks' partial profiles; store the profile with READY in one conditional UPDATE."""
+    updated = Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).update(stage="merging")
+    if not updated or any("skipped" in r for r in results):
+        status = Dataset.objects.values_list("status", flat=True).get(pk=dataset_id)
+        return {"dataset_id": dataset_id, "status": status, "stored": False}
+    dataset = Dataset.objects.get(pk=dataset_id)
+    _report(task, dataset)
+    plan = Plan.from_json(dataset.plan)
+    profile = pipeline.merge_chunks(plan, workdir_for(dataset), limits_for(dataset), {
+        "peak_rss_kib": max(r["peak_rss_kib"] for r in results),
+        "chunk_seconds": round(sum(r["seconds"] for r in results), 3),
+        "chunk_cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 3),
+    })
+    finished = timezone.now()
+    profile["elapsed_seconds"] = round((finished - dataset.created_at).total_seconds(), 3)
+    stored = _settle(dataset_id, Status.READY, "done", profile=profile, row_count=profile["rows"],
+                     column_count=profile["columns_count"], rows_processed=profile["rows"])
+    return {"dataset_id": dataset_id, "status": Status.READY if stored else "settled elsewhere", "stored": stored,
+            "rows": profile["rows"]}

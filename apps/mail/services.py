@@ -1,0 +1,309 @@
+"""Writes of the mail app: storing messages (the ways in) and delivering them (the io worker).
+
+Never twice, never lost:
+* the idempotency key is unique: enqueueing the same key again returns the stored message;
+* a worker *claims* a message with a conditional UPDATE (QUEUED -> SENDING, or a SENDING whose lease
+  expired because its worker died) and records the outcome with another conditional UPDATE guarded
+  by its own claim, so two deliveries of one task message cannot both talk to the SMTP server;
+* the task is published after commit; a QUEUED row whose publish was lost is re-enqueued by
+  ``requeue_stale`` (a periodic task).
+The one window left (SMTP server accepted, SENT not yet committed) is described in docs/mail.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from email.utils import formatdate
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Now
+from django.template import TemplateDoesNotExist
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from apps.mail import smtp, throttle, validation
+from apps.mail.models import FINAL_STATES, Attachment, Message, Status
+from apps.mail.validation import MailInputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MailInputError", "enqueue", "cancel", "resend", "deliver", "requeue_stale"]
+
+
+# --- ways in -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttachmentInput:
+    filename: str
+    content: bytes
+    mimetype: str = "application/octet-stream"
+
+
+def render_template(template: str, context: dict) -> tuple[str, str]:
+    """(text, html) from templates mail/<template>.txt and/or mail/<template>.html; at least one must exist."""
+    validation.template_name(template)
+    bodies = []
+    for ext in ("txt", "html"):
+        name = f"mail/{template}.{ext}"
+        try:
+            bodies.append(render_to_string(name, context))
+        except TemplateDoesNotExist as exc:
+            if exc.args and exc.args[0] != name:  # an {% include %} inside the template is missing
+                raise MailInputError("template", f"template {name} failed to render: {exc!r}") from exc
+            bodies.append(None)
+        except Exception as exc:  # syntax errors, failing filters: the caller's template is broken
+            raise MailInputError("template", f"template {name} failed to render: {exc!r}") from exc
+    text, html = bodies
+    if text is None and html is None:
+        raise MailInputError("template", f"template {template!r} not found (looked for mail/{template}.txt "
+                                         f"and mail/{template}.html)")
+    return text or "", html or ""
+
+
+def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str | None = None, cc=None,
+            bcc=None, reply_to=None, headers: dict | None = None, template: str = "", context: dict | None = None,
+            attachments: list[AttachmentInput] | None = None, idempotency_key: str | None = None,
+            bulk: bool = False, max_attempts: int | None = None) -> tuple[Message, bool]:
+    """Store a message and enqueue its delivery after commit. Returns (message, created).
+
+    The same idempotency key returns the message stored first (created=False) and enqueues nothing.
+    Bad input raises MailInputError before anything is stored.
+    """
+    if idempotency_key is not None:
+        idempotency_key = validation.no_line_breaks("idempotency_key", str(idempotency_key)).strip()
+        if not idempotency_key or len(idempotency_key) > 200:
+            raise MailInputError("idempotency_key", "must be 1 to 200 characters")
+        existing = Message.objects.filter(idempotency_key=idempotency_key).first()
+        if existing:
+            return existing, False
+
+    to, cc, bcc = (validation.addresses(f, v) for f, v in (("to", to), ("cc", cc), ("bcc", bcc)))
+    validation.recipients(to, cc, bcc)
+    reply_to = validation.addresses("reply_to", reply_to)
+    from_email = validation.address("from_email", from_email or settings.DEFAULT_FROM_EMAIL)
+    if not isinstance(subject, str):
+        raise MailInputError("subject", "must be text")
+    validation.no_line_breaks("subject", subject)
+    headers = validation.headers(headers)
+    context = context or {}
+    if not isinstance(context, dict):
+        raise MailInputError("context", "must be a JSON object")
+    if template:
+        body, html = render_template(template, context)
+    elif not body and not html:
+        raise MailInputError("body", "a body, an HTML body or a template is required")
+    for attachment in attachments or []:
+        validation.no_line_breaks("attachments", attachment.filename)
+        validation.attachment_size(attachment.filename, len(attachment.content))
+
+    with transaction.atomic():
+        message, created = Message.objects.get_or_create(
+            idempotency_key=idempotency_key or f"auto-{uuid.uuid4()}",
+            defaults=dict(
+                bulk=bulk, from_email=from_email, to=to, cc=cc, bcc=bcc, reply_to=reply_to, subject=subject,
+                body_text=body, body_html=html, template=template, context=context, headers=headers,
+                max_attempts=max_attempts or settings.MAIL_MAX_ATTEMPTS, task_id=str(uuid.uuid4()),
+            ),
+        )
+        if created:
+            Attachment.objects.bulk_create([
+                Attachment(message=message, filename=a.filename, mimetype=a.mimetype, content=a.content,
+                           size=len(a.content)) for a in attachments or []
+            ])
+            _publish_after_commit(message)
+    return message, created
+
+
+def _publish_after_commit(message: Message) -> None:
+    from apps.mail.tasks import delivery_task
+
+    task, pk, task_id = delivery_task(message.bulk), message.pk, message.task_id
+    transaction.on_commit(lambda: task.apply_async((pk,), task_id=task_id))
+
+
+def cancel(message_id: int) -> bool:
+    """QUEUED -> CANCELLED; False when the message is already being sent or finished."""
+    return bool(Message.objects.filter(pk=message_id, status=Status.QUEUED)
+                .update(status=Status.CANCELLED, last_error="cancelled by an operator", updated_at=Now()))
+
+
+def resend(message_id: int) -> bool:
+    """FAILED/TIMED_OUT/CANCELLED -> QUEUED with a fresh attempt budget, enqueued after commit.
+
+    A SENT message is never resent (that would be sending it twice); enqueue a new message instead.
+    """
+    with transaction.atomic():
+        updated = Message.objects.filter(
+            pk=message_id, status__in=[Status.FAILED, Status.TIMED_OUT, Status.CANCELLED]
+        ).update(status=Status.QUEUED, attempts=0, next_attempt_at=None, claimed_by="", claimed_at=None,
+                 task_id=str(uuid.uuid4()), updated_at=Now())
+        if updated:
+            _publish_after_commit(Message.objects.get(pk=message_id))
+    return bool(updated)
+
+
+def requeue_stale(limit: int = 500) -> int:
+    """Re-enqueue messages nobody is working on: QUEUED long past due (publish lost), or SENDING whose
+    lease expired (worker died). Duplicate task messages are harmless: the claim admits one."""
+    now = timezone.now()
+    overdue = now - timedelta(seconds=settings.MAIL_REQUEUE_AFTER)
+    stale = Message.objects.filter(
+        Q(status=Status.QUEUED, created_at__lt=overdue) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=overdue))
+        | Q(status=Status.SENDING, claimed_at__lt=now - timedelta(seconds=settings.MAIL_CLAIM_LEASE))
+    ).order_by("id")[:limit]
+    count = 0
+    for message in stale:
+        _publish_after_commit(message)
+        count += 1
+    return count
+
+
+# --- delivery (the io worker) --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # SENT, FAILED, TIMED_OUT, RETRY, THROTTLED, BUSY, SKIPPED
+    detail: str = ""
+    retry_in: float = 0.0  # seconds, for RETRY/THROTTLED/BUSY
+
+
+class _Throttled(Exception):
+    def __init__(self, wait: float):
+        self.wait = wait
+
+
+def worker_label(task_id: str = "") -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{task_id}"[:200]
+
+
+def _claim(message_id: int, me: str) -> tuple[Message | None, Outcome | None]:
+    """Take the message for one SMTP attempt, or say why not. Reserves the domain rate in the same transaction."""
+    now = timezone.now()
+    lease_expired = now - timedelta(seconds=settings.MAIL_CLAIM_LEASE)
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+    claimable = Q(status=Status.QUEUED) & due | Q(status=Status.SENDING, claimed_at__lt=lease_expired)
+    try:
+        with transaction.atomic():
+            if not Message.objects.filter(Q(pk=message_id) & claimable).update(
+                    status=Status.SENDING, attempts=F("attempts") + 1, claimed_at=now, claimed_by=me,
+                    updated_at=now):
+                return None, _why_not_claimed(message_id, now)
+            message = Message.objects.get(pk=message_id)
+            wait = throttle.reserve([throttle.domain_of(a) for a in message.recipients], time.time())
+            if wait > 0:
+                raise _Throttled(wait)  # rolls the claim back too
+            message.loaded_attachments = list(message.attachments.all())
+            return message, None
+    except _Throttled as throttled:
+        return None, Outcome("THROTTLED", f"domain rate limit: {throttled.wait:.2f}s", throttled.wait)
+
+
+def _why_not_claimed(message_id: int, now) -> Outcome:
+    message = Message.objects.filter(pk=message_id).values("status", "next_attempt_at", "claimed_at").first()
+    if message is None:
+        return Outcome("SKIPPED", "no such message")
+    if message["status"] in FINAL_STATES:
+        return Outcome("SKIPPED", f"already {message['status']}")
+    if message["status"] == Status.SENDING:  # another delivery holds a live lease (e.g. a redelivery after a crash)
+        expires = message["claimed_at"] + timedelta(seconds=settings.MAIL_CLAIM_LEASE)
+        return Outcome("BUSY", "being sent by another delivery", max(1.0, (expires - now).total_seconds() + 1))
+    return Outcome("SKIPPED", "not due yet: a scheduled retry will send it")
+
+
+def build_email(message: Message) -> EmailMultiAlternatives:
+    email = EmailMultiAlternatives(
+        subject=message.subject, body=message.body_text, from_email=message.from_email, to=message.to,
+        cc=message.cc, bcc=message.bcc, reply_to=message.reply_to,
+        headers={"Message-ID": message.message_id_header, "Date": formatdate(localtime=False), **message.headers},
+    )
+    if message.body_html:
+        if message.body_text:
+            email.attach_alternative(message.body_html, "text/html")
+        else:
+            email.body, email.content_subtype = message.body_html, "html"
+    for attachment in getattr(message, "loaded_attachments", None) or message.attachments.all():
+        email.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
+    return email
+
+
+def _release_db_connection() -> None:
+    """Give the pooled PostgreSQL connection back before a network conversation of unknown length,
+    so -c 500 green threads share a few connections. Without a pool (SQLite) keep it: reconnecting
+    costs more than it frees."""
+    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+        connection.close()
+
+
+def _record(message_id: int, me: str, **fields) -> bool:
+    """Write an attempt's outcome, only if our claim still stands (guards against a stale worker)."""
+    for attempt in range(5):
+        try:
+            return bool(Message.objects.filter(pk=message_id, status=Status.SENDING, claimed_by=me)
+                        .update(updated_at=Now(), **fields))
+        except Exception:  # the database blipped: the outcome must not be lost, try again shortly
+            if attempt == 4:
+                raise
+            logger.warning("recording the outcome of message %s failed, retrying", message_id, exc_info=True)
+            time.sleep(0.5 * (attempt + 1))
+    return False
+
+
+def backoff(attempts: int) -> float:
+    """Exponential with full jitter: base * 2^(attempts-1), capped, times a random factor in [0.5, 1]."""
+    delay = min(settings.MAIL_RETRY_BACKOFF_MAX, settings.MAIL_RETRY_BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+def deliver(message_id: int, task_id: str = "") -> Outcome:
+    """One delivery attempt of a stored message. Never raises for SMTP trouble: the outcome says what next."""
+    me = worker_label(task_id)
+    message, refused = _claim(message_id, me)
+    if refused:
+        return refused
+    try:
+        email = build_email(message)
+        data = email.message().as_bytes(linesep="\r\n")
+    except Exception as exc:  # a stored message that cannot be built will never be sendable
+        _record(message_id, me, status=Status.FAILED, last_error=f"cannot build the message: {exc!r}")
+        return Outcome("FAILED", f"cannot build the message: {exc!r}")
+    _release_db_connection()
+
+    try:
+        accepted = smtp.send(message.from_email, email.recipients(), data)
+    except smtp.PermanentFailure as exc:
+        _record(message_id, me, status=Status.FAILED, last_error=str(exc), smtp_code=exc.code,
+                smtp_reply=exc.reply)
+        return Outcome("FAILED", str(exc))
+    except smtp.AcceptanceUnknown as exc:
+        # The server may have the message. Sending it again could deliver it twice: stop and show it.
+        _record(message_id, me, status=Status.TIMED_OUT, last_error=str(exc))
+        return Outcome("TIMED_OUT", str(exc))
+    except smtp.TransientFailure as exc:
+        if message.attempts >= message.max_attempts:
+            detail = f"gave up after {message.attempts} attempts: {exc}"
+            _record(message_id, me, status=Status.FAILED, last_error=detail, smtp_code=exc.code,
+                    smtp_reply=exc.reply)
+            return Outcome("FAILED", detail)
+        delay = backoff(message.attempts)
+        _record(message_id, me, status=Status.QUEUED, last_error=str(exc), smtp_code=exc.code, smtp_reply=exc.reply,
+                next_attempt_at=timezone.now() + timedelta(seconds=delay), claimed_by="")
+        return Outcome("RETRY", str(exc), delay)
+    except Exception as exc:  # a bug, not the server: make it visible instead of leaving the row SENDING
+        _record(message_id, me, status=Status.FAILED, last_error=f"unexpected error while sending: {exc!r}")
+        raise
+
+    accepted_at = timezone.now()
+    # The unavoidable window is from the server's 250 above to this commit: one UPDATE.
+    if not _record(message_id, me, status=Status.SENT, smtp_code=accepted.code, smtp_reply=accepted.reply,
+                   smtp_accepted_at=accepted_at, sent_at=Now()):
+        logger.error("message %s was accepted by the SMTP server but our claim was gone", message_id)
+    return Outcome("SENT", accepted.reply)

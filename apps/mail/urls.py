@@ -1,0 +1,8 @@
+from django.urls import path
+
+from apps.mail import views
+
+urlpatterns = [
+    path("messages/", views.send, name="mail-send"),
+    path("messages/<int:message_id>/", views.detail, name="mail-detail"),
+]

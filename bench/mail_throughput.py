@@ -1,0 +1,203 @@
+"""Mail delivery throughput on the eventlet io worker, as a ratio of the same worker's no-op drain rate.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/platform .venv/bin/python bench/mail_throughput.py -c 200
+    .venv/bin/python bench/mail_throughput.py -c 200            # SQLite (a fresh file under var/)
+
+What it does, all in one run against a throwaway RabbitMQ vhost and a throwaway database:
+  1. starts an SMTP server (aiosmtpd) that waits --smtp-delay (100 ms) before accepting each message;
+  2. starts one io worker (compose/start/io, -P eventlet -c N) pointed at it;
+  3. baseline: N no-op tasks (mail.probe, result stored) published while the worker does not consume
+     the queue, then the consumer is added and the drain is timed until every result is SUCCESS;
+  4. the same for --messages bulk messages (mail.bulk_send_message on mail_bulk) until all are SENT,
+     and the same for transactional ones (mail.send_message on mail, result stored);
+  5. samples PostgreSQL connections to the database during the run (peak), and reports the time
+     between the SMTP server's acceptance and the SENT commit (the at-most-once window).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import scratch_database  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--concurrency", type=int, default=200)
+    parser.add_argument("-n", "--messages", type=int, default=2000)
+    parser.add_argument("--smtp-delay", type=float, default=0.1, help="seconds the SMTP server waits per message")
+    parser.add_argument("--pool", type=int, default=30, help="IO_DB_POOL_MAX_SIZE (PostgreSQL)")
+    parser.add_argument("--skip-transactional", action="store_true")
+    return parser.parse_args()
+
+
+class SlowAcceptingHandler:
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.count = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.delay)
+        self.count += 1
+        return f"250 2.0.0 Ok: queued as BENCH{self.count}"
+
+
+class ConnectionSampler(threading.Thread):
+    """Peak connections to the bench database (PostgreSQL), excluding this process's own."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.peak, self.stop_event = url, 0, threading.Event()
+
+    def run(self):
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop_event.is_set():
+                n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND application_name <> 'bench-sampler' AND pid <> pg_backend_pid()").fetchone()[0]
+                self.peak = max(self.peak, n)
+                time.sleep(0.05)
+
+    def reset(self) -> int:
+        peak, self.peak = self.peak, 0
+        return peak
+
+
+def main():
+    args = parse_args()
+    db_url, drop_database = scratch_database("mail")
+    os.environ["DATABASE_URL"] = db_url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.test"
+
+    import django
+
+    django.setup()
+    from aiosmtpd.controller import Controller
+    from django.core.management import call_command
+    from django.db import connection
+    from django_celery_results.models import TaskResult
+
+    from apps.mail.models import Message, Status
+    from apps.mail.tasks import bulk_send_message, probe, send_message
+    from project.celery import app
+    from tests.mail.smtp_servers import free_port
+    from tests.support import rabbit
+    from tests.support.workers import Worker
+
+    try:
+        call_command("migrate", verbosity=0)
+        vhost = rabbit.create_vhost("bench-mail")
+    except BaseException:
+        connection.close()
+        drop_database()
+        raise
+    broker_url = rabbit.vhost_url(vhost)
+    app.conf.broker_url = broker_url
+    app._pool = None
+    app.amqp._producer_pool = None
+    handler = SlowAcceptingHandler(args.smtp_delay)
+    smtp = Controller(handler, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    pg = connection.vendor == "postgresql"
+    sampler = ConnectionSampler(db_url.replace("postgres://", "postgresql://") + "?application_name=bench-sampler") \
+        if pg else None
+    worker = Worker("io", broker_url, db_url, env={
+        "IO_CONCURRENCY": str(args.concurrency), "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(smtp.port),
+        "MAIL_DOMAIN_RATE": "0", "IO_DB_POOL_MAX_SIZE": str(args.pool), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+    })
+    results = {}
+    try:
+        worker.start().wait_ready(timeout=120)
+        if sampler:
+            sampler.start()
+
+        def drain(queue: str, publish, done) -> float:
+            app.control.cancel_consumer(queue, destination=[worker.nodename], reply=True)
+            publish()
+            time.sleep(1)
+            if sampler:
+                sampler.reset()
+            started = time.monotonic()
+            app.control.add_consumer(queue, destination=[worker.nodename], reply=True)
+            while done() < args.messages:
+                if not worker.alive():
+                    raise SystemExit(f"worker died:\n{worker.log()[-3000:]}")
+                time.sleep(0.05)
+            return args.messages / (time.monotonic() - started)
+
+        def publish_tasks(task, ids):
+            with app.producer_or_acquire() as producer:
+                for pk in ids:
+                    task.apply_async((pk,), producer=producer)
+
+        probe_ids = []
+
+        def publish_probes():
+            with app.producer_or_acquire() as producer:
+                probe_ids.extend(probe.apply_async(producer=producer).id for _ in range(args.messages))
+
+        results["noop"] = drain("mail", publish_probes,
+                                lambda: TaskResult.objects.filter(task_id__in=probe_ids, status="SUCCESS").count())
+        results["noop_peak_db"] = sampler.reset() if sampler else None
+
+        def make_messages(bulk: bool) -> list[int]:
+            tag = uuid.uuid4().hex[:6]
+            Message.objects.bulk_create([
+                Message(idempotency_key=f"bench-{tag}-{i}", bulk=bulk, from_email="bench@example.com",
+                        to=[f"user{i}@d{i % 50}.example.com"], subject=f"bench {i}", body_text="hello " * 20)
+                for i in range(args.messages)
+            ], batch_size=1000)
+            return list(Message.objects.filter(idempotency_key__startswith=f"bench-{tag}-").values_list("pk", flat=True))
+
+        lanes = [("bulk", True, bulk_send_message, "mail_bulk")]
+        if not args.skip_transactional:
+            lanes.append(("transactional", False, send_message, "mail"))
+        for label, bulk, task, queue in lanes:
+            ids = []
+
+            def publish(bulk=bulk, task=task, ids=ids):
+                ids.extend(make_messages(bulk))
+                publish_tasks(task, ids)
+
+            results[label] = drain(queue, publish,
+                                   lambda ids=ids: Message.objects.filter(pk__in=ids, status=Status.SENT).count())
+            results[f"{label}_peak_db"] = sampler.reset() if sampler else None
+            windows = [(m.sent_at - m.smtp_accepted_at).total_seconds() * 1000
+                       for m in Message.objects.filter(pk__in=ids).only("sent_at", "smtp_accepted_at")]
+            results[f"{label}_window_ms"] = (statistics.median(windows), sorted(windows)[int(len(windows) * .99) - 1],
+                                             max(windows))
+    finally:
+        if sampler:
+            sampler.stop_event.set()
+        worker.stop()
+        smtp.stop()
+        rabbit.delete_vhost(vhost)
+        connection.close()
+        drop_database()
+
+    load = open("/proc/loadavg").read().split()[:3]
+    print(f"database={connection.vendor} -c {args.concurrency} messages={args.messages} "
+          f"smtp_delay={args.smtp_delay * 1000:.0f}ms db_pool={args.pool if pg else '-'} loadavg={' '.join(load)}")
+    print(f"no-op drain (mail.probe, results stored): {results['noop']:.1f} tasks/s"
+          + (f", peak DB connections {results['noop_peak_db']}" if pg else ""))
+    for label in ("bulk", "transactional"):
+        if label in results:
+            p50, p99, worst = results[f"{label}_window_ms"]
+            print(f"{label:<13} delivery: {results[label]:.1f} msg/s = {results[label] / results['noop']:.2f} x no-op"
+                  + (f", peak DB connections {results[f'{label}_peak_db']}" if pg else "")
+                  + f"; accepted->SENT commit p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Plain Celery, as the baseline: stock settings plus the same durability choices (JSON, persistent
+messages, acks_late, publisher confirms), a classic queue on a direct exchange, no result backend,
+none of the platform's code. Started as `celery -A bench.plain_app worker -P <pool> -Q plain`."""
+import os
+import time
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+# set_as_current=False: importing this next to the platform app must not rebind its shared tasks.
+app = Celery("plain", broker=os.environ.get("PLAIN_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+             set_as_current=False)
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    broker_transport_options={"confirm_publish": True},
+    task_queues=[Queue("plain", Exchange("plain", type="direct"), routing_key="plain", durable=True)],
+    task_default_queue="plain",
+    task_default_exchange="plain",
+    task_default_routing_key="plain",
+    task_ignore_result=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name="plain.noop")
+def noop():
+    return None
+
+
+@app.task(name="plain.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+
+
+@app.task(name="plain.sentinel")
+def sentinel(path):
+    with open(path, "w") as f:
+        f.write(repr(time.time()))

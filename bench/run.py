@@ -1,0 +1,315 @@
+"""The benchmark suite: one command, one run, every figure next to its same-run baseline.
+
+    .venv/bin/python bench/run.py            # full size (a few minutes), writes docs/benchmarks.md + bench/results.json
+    .venv/bin/python bench/run.py --size tiny --out /tmp/bench   # seconds; what the test suite runs
+
+Each measurement gets a fresh RabbitMQ vhost. Baselines: raw kombu (persistent, publisher confirms,
+quorum queue like ours) and plain Celery (bench/plain_app.py: stock Celery + JSON, acks_late, confirms,
+classic queue, no result backend). Workers are real processes started from compose/start/<role>
+(platform) or `celery -A bench.plain_app worker` (plain).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.bench"
+os.environ.setdefault("DATABASE_URL", f"sqlite:///{ROOT / 'var' / 'bench.sqlite3'}")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/platform_bench")
+
+import django  # noqa: E402
+
+django.setup()
+
+from kombu import Connection, Exchange, Queue  # noqa: E402
+
+from apps.core.bulk import enqueue_many  # noqa: E402
+from bench import tasks as bench_tasks  # noqa: E402
+from project.celery import app  # noqa: E402
+from tests.support import rabbit  # noqa: E402
+from tests.support.workers import ProcessRole, Worker, wait_for  # noqa: E402
+
+SIZES = {
+    "tiny": {"publish": 50, "drain": 200, "io_drain": 200, "latency": 10, "sleep": 50},
+    "full": {"publish": 3000, "drain": 10000, "io_drain": 20000, "latency": 300, "sleep": 2000},
+}
+BODY = json.dumps([[], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+
+
+class Vhost:
+    def __enter__(self):
+        self.name = rabbit.create_vhost("platform-bench")
+        self.url = rabbit.vhost_url(self.name)
+        app.conf.broker_url = self.url
+        app._pool = None
+        app.amqp._producer_pool = None
+        return self
+
+    def __exit__(self, *exc):
+        rabbit.delete_vhost(self.name)
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else float("inf")
+
+
+def ready_count(url: str, queue: str) -> int:
+    return rabbit.queue_message_count(url, queue)
+
+
+def timed_drain(url: str, queue: str, total: int, start, sentinel_path: Path) -> float:
+    """``total`` messages and then a sentinel are waiting; start the consumer; time from the first message
+    taken to the sentinel's run (it writes its wall-clock time to ``sentinel_path``)."""
+    process = start()
+    try:
+        wait_for(lambda: ready_count(url, queue) <= total, timeout=120, interval=0.002, message="draining to start")
+        began = time.time()
+        wait_for(sentinel_path.exists, timeout=900, interval=0.02, message="the sentinel to run")
+        time.sleep(0.05)
+        return rate(total, float(sentinel_path.read_text()) - began)
+    finally:
+        process.stop()
+
+
+def sentinel_file() -> Path:
+    return Path(tempfile.mkdtemp()) / "sentinel"
+
+
+# --- raw broker ----------------------------------------------------------------------------------
+def raw_queue():
+    return Queue("raw", Exchange("raw", type="direct"), routing_key="raw", durable=True,
+                 queue_arguments={"x-queue-type": "quorum"})
+
+
+def raw_publish(n: int) -> float:
+    with Vhost() as vhost, Connection(vhost.url, transport_options={"confirm_publish": True}) as conn:
+        producer = conn.Producer()
+        queue = raw_queue()
+        queue(conn.default_channel).declare()
+        began = time.monotonic()
+        for _ in range(n):
+            producer.publish(BODY, exchange="raw", routing_key="raw", delivery_mode=2,
+                             content_type="application/json", content_encoding="utf-8")
+        return rate(n, time.monotonic() - began)
+
+
+def raw_consume(n: int) -> float:
+    with Vhost() as vhost, Connection(vhost.url) as conn:
+        queue = raw_queue()(conn.default_channel)
+        queue.declare()
+        producer = conn.Producer()
+        for _ in range(n):
+            producer.publish(BODY, exchange="raw", routing_key="raw", delivery_mode=2,
+                             content_type="application/json", content_encoding="utf-8")
+        consumed = 0
+
+        def on_message(body, message):
+            nonlocal consumed
+            message.ack()
+            consumed += 1
+
+        with conn.Consumer(queue, callbacks=[on_message], prefetch_count=100, accept=["json"]):
+            began = time.monotonic()
+            while consumed < n:
+                conn.drain_events(timeout=10)
+        return rate(n, time.monotonic() - began)
+
+
+# --- plain Celery ----------------------------------------------------------------------------------
+def plain_worker(url: str, pool: str, concurrency: int):
+    env = {**os.environ, "PLAIN_BROKER_URL": url}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = open(ROOT / "var" / f"bench-plain-{pool}-{concurrency}.log", "wb")
+
+    class Plain:
+        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "celery"), "-A", "bench.plain_app", "worker", "-P", pool,
+                                 "-c", str(concurrency), "-Q", "plain", "-l", "WARNING", "--without-mingle",
+                                 "--without-gossip"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+        def stop(self):
+            import signal
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    return Plain()
+
+
+def plain_publish(n: int) -> float:
+    with Vhost() as vhost:
+        os.environ["PLAIN_BROKER_URL"] = vhost.url
+        from bench import plain_app
+        plain_app.app.conf.broker_url = vhost.url
+        plain_app.app._pool = None
+        plain_app.app.amqp._producer_pool = None
+        plain_app.noop.apply_async()  # declare + connect outside the timing
+        began = time.monotonic()
+        for _ in range(n):
+            plain_app.noop.apply_async()
+        return rate(n, time.monotonic() - began)
+
+
+def plain_drain(n: int, pool: str, concurrency: int, task: str = "plain.noop", args=()) -> float:
+    with Vhost() as vhost:
+        from bench import plain_app
+        plain_app.app.conf.broker_url = vhost.url
+        plain_app.app._pool = None
+        plain_app.app.amqp._producer_pool = None
+        sentinel = sentinel_file()
+        with plain_app.app.connection_for_write() as conn:
+            producer = plain_app.app.amqp.Producer(conn)
+            for _ in range(n):
+                plain_app.app.send_task(task, args=args, producer=producer)
+            plain_app.app.send_task("plain.sentinel", args=(str(sentinel),), producer=producer)
+        return timed_drain(vhost.url, "plain", n, lambda: plain_worker(vhost.url, pool, concurrency), sentinel)
+
+
+# --- the platform ----------------------------------------------------------------------------------
+def platform_publish(n: int, bulk: bool) -> float:
+    with Vhost():
+        bench_tasks.io_noop.apply_async()  # declare + connect outside the timing
+        began = time.monotonic()
+        if bulk:
+            enqueue_many(bench_tasks.io_noop.s() for _ in range(n))
+        else:
+            for _ in range(n):
+                bench_tasks.io_noop.apply_async()
+        return rate(n, time.monotonic() - began)
+
+
+def platform_worker(url: str, role: str, concurrency: int, db_url: str):
+    env = {"DJANGO_SETTINGS_MODULE": "project.settings.bench", "LOG_LEVEL": "WARNING",
+           "CPU_CONCURRENCY": str(concurrency), "IO_CONCURRENCY": str(concurrency)}
+    return Worker(role, url, db_url, env=env).start()
+
+
+def platform_drain(n: int, role: str, concurrency: int, task, args=(), db_url: str | None = None) -> float:
+    db_url = db_url or os.environ["DATABASE_URL"]
+    queue = "dataset" if role == "cpu" else "ops_trace"
+    sentinel_task = bench_tasks.cpu_sentinel if role == "cpu" else bench_tasks.io_sentinel
+    with Vhost() as vhost:
+        sentinel = sentinel_file()
+        enqueue_many([*(task.s(*args) for _ in range(n)), sentinel_task.s(str(sentinel))])
+        return timed_drain(vhost.url, queue, n, lambda: platform_worker(vhost.url, role, concurrency, db_url), sentinel)
+
+
+def platform_latency(samples: int) -> dict:
+    with Vhost() as vhost:
+        worker = platform_worker(vhost.url, "cpu", 2, os.environ["DATABASE_URL"]).wait_ready()
+        try:
+            path = Path(tempfile.mkdtemp()) / "latency.log"
+            for _ in range(samples):
+                bench_tasks.cpu_latency.apply_async((time.time(), str(path)))
+                time.sleep(0.02)  # idle worker: one task at a time
+            wait_for(lambda: path.exists() and len(path.read_text().split()) == samples, timeout=60,
+                     message="every latency sample")
+            values = sorted(float(v) * 1000 for v in path.read_text().split())
+        finally:
+            worker.stop()
+    return {"p50_ms": round(statistics.median(values), 2),
+            "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 2)}
+
+
+def migrate(db_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": db_url, "DJANGO_SETTINGS_MODULE": "project.settings.bench"}
+    if db_url.startswith("postgres"):
+        name = db_url.rsplit("/", 1)[1]
+        subprocess.run(["psql", db_url.rsplit("/", 1)[0] + "/postgres", "-qc", f"create database {name}"],
+                       capture_output=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+
+def run(size: str) -> dict:
+    s = SIZES[size]
+    migrate(os.environ["DATABASE_URL"])
+    migrate(POSTGRES_URL)
+    figures: dict = {}
+    figures["raw_publish_confirmed"] = raw_publish(s["publish"])
+    figures["raw_consume_ack_prefetch100"] = raw_consume(s["drain"])
+    figures["plain_apply_async_confirmed"] = plain_publish(s["publish"])
+    figures["platform_apply_async"] = platform_publish(s["publish"], bulk=False)
+    figures["platform_enqueue_many"] = platform_publish(s["publish"], bulk=True)
+    figures["plain_drain_prefork_c2"] = plain_drain(s["drain"], "prefork", 2)
+    figures["platform_drain_prefork_c2"] = platform_drain(s["drain"], "cpu", 2, bench_tasks.cpu_noop)
+    figures["plain_drain_eventlet_c100"] = plain_drain(s["io_drain"], "eventlet", 100)
+    figures["platform_drain_eventlet_c100"] = platform_drain(s["io_drain"], "io", 100, bench_tasks.io_noop)
+    figures["plain_drain_eventlet_c500"] = plain_drain(s["io_drain"], "eventlet", 500)
+    figures["platform_drain_eventlet_c500"] = platform_drain(s["io_drain"], "io", 500, bench_tasks.io_noop)
+    figures["platform_drain_eventlet_c100_sleep100ms"] = platform_drain(s["sleep"], "io", 100, bench_tasks.io_sleep, (0.1,))
+    figures["platform_drain_prefork_c2_results_sqlite"] = platform_drain(s["drain"] // 2, "cpu", 2, bench_tasks.cpu_noop_result)
+    figures["platform_drain_prefork_c2_results_postgres"] = platform_drain(
+        s["drain"] // 2, "cpu", 2, bench_tasks.cpu_noop_result, db_url=POSTGRES_URL)
+    figures["platform_latency_idle_prefork"] = platform_latency(s["latency"])
+    return figures
+
+
+def ratios(f: dict) -> dict:
+    def r(a, b):
+        return round(f[a] / f[b], 2)
+
+    return {
+        "bulk enqueue / plain apply_async (target >= 4)": r("platform_enqueue_many", "plain_apply_async_confirmed"),
+        "apply_async / raw confirmed publish (target >= 0.9)": r("platform_apply_async", "raw_publish_confirmed"),
+        "drain prefork -c2 / plain (target >= 0.8)": r("platform_drain_prefork_c2", "plain_drain_prefork_c2"),
+        "drain eventlet -c100 / plain (target >= 0.8)": r("platform_drain_eventlet_c100", "plain_drain_eventlet_c100"),
+        "drain eventlet -c500 / plain (target >= 0.8)": r("platform_drain_eventlet_c500", "plain_drain_eventlet_c500"),
+        "eventlet 100 ms I/O / own no-op drain (target >= 0.7)": r("platform_drain_eventlet_c100_sleep100ms",
+                                                                   "platform_drain_eventlet_c100"),
+        "results on (SQLite) / results off, prefork": r("platform_drain_prefork_c2_results_sqlite", "platform_drain_prefork_c2"),
+        "results on (PostgreSQL) / results off, prefork": r("platform_drain_prefork_c2_results_postgres",
+                                                            "platform_drain_prefork_c2"),
+    }
+
+
+def machine() -> dict:
+    import amqp
+    import celery
+    import kombu
+    return {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version(),
+            "celery": celery.__version__, "kombu": kombu.__version__, "amqp": amqp.__version__,
+            "rabbitmq": rabbit.rabbitmqctl("version").strip(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def write_markdown(path: Path, result: dict, command: str) -> None:
+    lines = ["# Benchmarks", "", f"Command: `{command}`", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()), "",
+             "| measurement | figure |", "|---|---|"]
+    for key, value in result["figures"].items():
+        unit = "" if isinstance(value, dict) else " /s"
+        lines.append(f"| {key} | {value}{unit} |")
+    lines += ["", "| ratio (same run) | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in result["ratios"].items()]
+    lat = result["figures"]["platform_latency_idle_prefork"]
+    lines += ["", f"Enqueue-to-start latency on an idle prefork worker: p50 {lat['p50_ms']} ms (target <= 5), "
+              f"p99 {lat['p99_ms']} ms (target <= 25).", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument("--out", type=Path, default=None, help="directory for results.json and benchmarks.md")
+    args = parser.parse_args()
+    result = {"size": args.size, "machine": machine()}
+    result["figures"] = run(args.size)
+    result["ratios"] = ratios(result["figures"])
+    out_json = (args.out or ROOT / "bench") / "results.json"
+    out_md = (args.out / "benchmarks.md") if args.out else ROOT / "docs" / "benchmarks.md"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2))
+    write_markdown(out_md, result, "python bench/run.py" + (f" --size {args.size}" if args.size != "full" else ""))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Backpressure: a full queue refuses publishes fast and clearly; what was accepted stays; publishing recovers."""
+import time
+
+import pytest
+from kombu import Exchange, Queue
+
+from apps.core.amqp import QueueFull
+from tests.support import rabbit
+from tests.support.tasks import io_echo, io_mark
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_publishing_to_a_full_queue_fails_fast_with_a_clear_error(broker_url):
+    tiny = Queue("bp-tiny", Exchange("bp-tiny", type="direct"), routing_key="bp-tiny",
+                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 3, "x-overflow": "reject-publish"})
+    send = lambda i: io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="bp-tiny", routing_key="bp-tiny")  # noqa: E731
+    accepted, refused = [], []
+    for i in range(10):
+        started = time.monotonic()
+        try:
+            accepted.append(send(i).id)
+        except QueueFull as exc:
+            assert time.monotonic() - started < 5  # an answer, not an unbounded wait
+            assert "queue bp-tiny is full" in str(exc) and "nothing was enqueued, retry later" in str(exc)
+            refused.append(i)
+    assert refused, "a bounded queue must refuse once full"
+    assert rabbit.queue_message_count(broker_url, "bp-tiny") == len(accepted)  # accepted ones are kept
+    assert [m.headers["id"] for m in rabbit.get_messages(broker_url, "bp-tiny")] == accepted
+
+
+def test_publishing_recovers_after_a_refusal(io_worker, broker_url):
+    tiny = Queue("bp-tiny-2", Exchange("bp-tiny-2", type="direct"), routing_key="bp-tiny-2",
+                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
+    with pytest.raises(QueueFull):
+        for i in range(5):
+            io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="bp-tiny-2", routing_key="bp-tiny-2")
+    assert io_echo.delay("after a refusal").get(timeout=30)["value"] == "after a refusal"

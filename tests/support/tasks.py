@@ -1,0 +1,129 @@
+"""Tasks that exist only for the tests: registered in workers started with project.settings.test.
+
+Side effects are lines appended to a file the test names, so a test can count exactly how many
+times a task body ran, across processes and redeliveries.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from celery import shared_task
+
+from apps.core.tasks import where_am_i
+
+
+def mark(path: str, text: str = "") -> None:
+    with open(path, "a") as f:
+        f.write(f"{time.time():.3f} {os.getpid()} {text}\n")
+
+
+@shared_task(name="tests.cpu.echo")
+def cpu_echo(value):
+    return {"value": value, **where_am_i()}
+
+
+@shared_task(name="tests.io.echo")
+def io_echo(value):
+    return {"value": value, **where_am_i()}
+
+
+@shared_task(name="tests.cpu.mark")
+def cpu_mark(path: str, text: str = ""):
+    mark(path, text)
+    return where_am_i()
+
+
+@shared_task(name="tests.io.mark")
+def io_mark(path: str, text: str = ""):
+    mark(path, text)
+    return where_am_i()
+
+
+@shared_task(name="tests.cpu.crash")
+def cpu_crash(path: str):
+    """Kill the process running it, every time: a poison message."""
+    mark(path, "crash")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.cpu.sleep")
+def cpu_sleep(seconds: float, path: str | None = None):
+    if path:
+        mark(path, "start")
+    time.sleep(seconds)
+    if path:
+        mark(path, "end")
+    return seconds
+
+
+@shared_task(name="tests.io.sleep", bind=True)
+def io_sleep(self, seconds: float, path: str | None = None, catch_soft: bool = False):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if path:
+        mark(path, "start")
+    try:
+        time.sleep(seconds)  # green under -P eventlet: the hub can interrupt it
+    except SoftTimeLimitExceeded:
+        if path:
+            mark(path, "soft")
+        if not catch_soft:
+            raise
+        time.sleep(seconds)  # ignores the soft limit: only the hard limit can stop it now
+    if path:
+        mark(path, "end")
+    return seconds
+
+
+@shared_task(name="tests.io.flaky", bind=True)
+def io_flaky(self, path: str, failures: int, error: str = "ConnectionError"):
+    """Fail with ``error`` for the first ``failures`` attempts, then succeed."""
+    mark(path, f"attempt {self.request.retries}")
+    if self.request.retries < failures:
+        raise {"ConnectionError": ConnectionError, "ValueError": ValueError}[error](f"attempt {self.request.retries}")
+    return self.request.retries
+
+
+@shared_task(name="tests.io.always_transient", bind=True, max_retries=2)
+def io_always_transient(self, path: str):
+    mark(path, f"attempt {self.request.retries}")
+    raise ConnectionError(f"still down at attempt {self.request.retries}")
+
+
+def log_attempt(directory: str, key: str) -> None:
+    with open(os.path.join(directory, "attempts.log"), "a") as f:
+        f.write(f"{key} {os.getpid()}\n")
+
+
+def apply_effect_once(directory: str, key: str) -> None:
+    """The idempotent-effect pattern: the effect is keyed, and a second application is a no-op.
+
+    A re-run that finds the effect already applied (its ack was lost to a crash) is logged, so a test
+    can tell those guarded re-runs from a duplicated effect (which the key makes impossible).
+    """
+    try:
+        fd = os.open(os.path.join(directory, f"effect-{key}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+    except FileExistsError:
+        with open(os.path.join(directory, "duplicates.log"), "a") as f:
+            f.write(f"{key}\n")
+
+
+@shared_task(name="tests.cpu.effect")
+def cpu_effect(directory: str, key: str, seconds: float = 0.0):
+    log_attempt(directory, key)
+    time.sleep(seconds)  # the work, during which a fault can strike
+    apply_effect_once(directory, key)
+
+
+@shared_task(name="tests.io.effect")
+def io_effect(directory: str, key: str, seconds: float = 0.0, touch_db: bool = False):
+    log_attempt(directory, key)
+    if touch_db:
+        from django_celery_results.models import TaskResult
+
+        TaskResult.objects.exists()  # a real query: fails while the database is unreachable
+    time.sleep(seconds)
+    apply_effect_once(directory, key)

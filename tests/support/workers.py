@@ -1,0 +1,117 @@
+"""Real worker processes for the tests, started from the same compose/start scripts operators use."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+
+ROOT = Path(settings.BASE_DIR)
+LOG_DIR = ROOT / "var" / "test-logs"
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2, message: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; return it, or fail with ``message``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def database_url(settings_dict: dict) -> str:
+    """The URL of the database the tests use (the test database), for worker processes."""
+    if settings_dict["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = settings_dict.get("USER") or ""
+    password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return f"postgres://{auth}{settings_dict.get('HOST') or '127.0.0.1'}:{settings_dict.get('PORT') or 5432}/{settings_dict['NAME']}"
+
+
+class ProcessRole:
+    """One start script (compose/start/<role>) run as a real process in its own process group."""
+
+    def __init__(self, role: str, broker_url: str, db_url: str, name: str | None = None, env: dict | None = None):
+        self.role = role
+        self.name = name or f"{role}-{uuid.uuid4().hex[:6]}"
+        self.nodename = f"{self.name}@{socket.gethostname()}"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{self.name}.log"
+        self.env = {
+            **os.environ,
+            "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
+            "DJANGO_SETTINGS_MODULE": "project.settings.test",
+            "CELERY_BROKER_URL": broker_url,
+            "DATABASE_URL": db_url,
+            "WORKER_NAME": self.name,
+            "LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ProcessRole":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(ROOT / "compose" / "start" / self.role)], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+        except FileNotFoundError:
+            return []
+        return [int(pid) for pid in out.split()]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the main process only (kill -9 of the worker; its children are orphaned as in real life)."""
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            self.proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+class Worker(ProcessRole):
+    """A Celery worker role (cpu or io); ``wait_ready`` pings it through the broker."""
+
+    def wait_ready(self, timeout: float = 60) -> "Worker":
+        from project.celery import app
+
+        def answered():
+            if not self.alive():
+                raise AssertionError(f"worker {self.nodename} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            return app.control.ping(destination=[self.nodename], timeout=0.5)
+
+        wait_for(answered, timeout=timeout, interval=0.1, message=f"worker {self.nodename} to answer a ping")
+        return self

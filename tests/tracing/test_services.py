@@ -1,0 +1,90 @@
+"""Ingestion, export bookkeeping and retention against the real database (no worker needed)."""
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.tracing import services
+from apps.tracing.models import ExportStatus, RejectedEvent, TraceEvent
+from apps.tracing.selectors import trace_tree
+
+pytestmark = pytest.mark.django_db
+
+
+def make_record(trace_id=None, span_id=None, parent="", name="op", offset_ms=0, duration_ms=1, **attributes):
+    start = time.time_ns() + int(offset_ms * 1e6)
+    return {"trace_id": trace_id or uuid.uuid4().hex, "span_id": span_id or uuid.uuid4().hex[:16],
+            "parent_span_id": parent, "name": name, "start_ns": start, "end_ns": start + int(duration_ms * 1e6),
+            "attributes": attributes}
+
+
+def test_a_redelivered_batch_creates_no_duplicates():
+    batch = [make_record(), make_record(), make_record()]
+    first = services.ingest_batch(batch, "batch-1")
+    again = services.ingest_batch(batch, "batch-1")
+    assert first["stored"] == 3 and again["received"] == 3
+    assert TraceEvent.objects.count() == 3
+
+
+def test_bad_events_are_rejected_and_recorded_while_the_rest_is_stored():
+    good = make_record(name="good", blob=float("nan"))
+    bad = [{"trace_id": "nope", "span_id": "b" * 16, "name": "x", "start_ns": 1}, "not an object"]
+    result = services.ingest_batch([good, *bad], "batch-2")
+    assert (result["stored"], result["rejected"]) == (1, 2)
+    stored = TraceEvent.objects.get()
+    assert stored.attributes["blob"] == "nan" and "not valid JSON" in stored.issues[0]
+    reasons = dict(RejectedEvent.objects.values_list("position", "reason"))
+    assert "trace_id must be 32 hex digits" in reasons[1]
+    assert "must be a JSON object, got str" in reasons[2]
+    services.ingest_batch([good, *bad], "batch-2")  # redelivered: no duplicate rejections either
+    assert RejectedEvent.objects.count() == 2
+
+
+def test_a_batch_that_is_not_a_list_is_recorded_not_raised():
+    result = services.ingest_batch({"oops": True}, "batch-3")
+    assert result["rejected"] == 1 and result["stored"] == 0
+    assert RejectedEvent.objects.get().position == -1
+
+
+def test_export_status_follows_the_collector_setting(settings):
+    settings.TRACING_OTLP_ENDPOINT = ""
+    services.ingest_batch([make_record(name="a")], "b1")
+    settings.TRACING_OTLP_ENDPOINT = "http://127.0.0.1:9/v1/traces"
+    services.ingest_batch([make_record(name="b")], "b2")
+    assert dict(TraceEvent.objects.values_list("name", "export_status")) == {
+        "a": ExportStatus.SKIPPED, "b": ExportStatus.PENDING}
+
+
+def test_export_to_an_unreachable_collector_keeps_events_pending_with_the_error(settings):
+    settings.TRACING_OTLP_ENDPOINT = "http://127.0.0.1:9/v1/traces"  # discard port: refused
+    services.ingest_batch([make_record(), make_record()], "b")
+    result = services.export_pending(budget=5)
+    assert result["exported"] == 0 and result["pending"] == 2 and "unreachable" in result["error"]
+    for event in TraceEvent.objects.all():
+        assert event.export_status == ExportStatus.PENDING and event.export_attempts == 1
+        assert "unreachable" in event.export_error and event.lease_until is None
+    services._breaker.update(failures=0, open_until=0.0)
+
+
+def test_retention_deletes_only_old_events_in_bounded_batches():
+    services.ingest_batch([make_record() for _ in range(7)], "old")
+    services.ingest_batch([make_record(name="recent")], "new")
+    TraceEvent.objects.exclude(name="recent").update(received_at=timezone.now() - timedelta(days=30))
+    result = services.purge_old_events(max_age_days=14, batch=2)
+    assert result["events"] == 7
+    assert list(TraceEvent.objects.values_list("name", flat=True)) == ["recent"]
+
+
+def test_trace_tree_links_children_to_parents_with_offsets():
+    trace_id = uuid.uuid4().hex
+    root = make_record(trace_id, "1" * 16, name="root", duration_ms=10)
+    child = make_record(trace_id, "2" * 16, parent="1" * 16, name="child", offset_ms=2, duration_ms=3)
+    orphan = make_record(trace_id, "3" * 16, parent="9" * 16, name="orphan", offset_ms=1)
+    services.ingest_batch([child, root, orphan], "t")
+    tree = trace_tree(trace_id)
+    assert [n.event.name for n in tree.roots] == ["root", "orphan"]
+    assert [c.event.name for c in tree.roots[0].children] == ["child"]
+    child_node = tree.roots[0].children[0]
+    assert child_node.depth == 1 and 1.5 < child_node.offset_ms < 2.5 and 20 < child_node.width_pct < 40
