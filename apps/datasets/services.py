@@ -12,6 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
+import kombu.exceptions
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max
@@ -114,9 +115,15 @@ def reimport(dataset: Dataset) -> Dataset:
 
 
 def _enqueue(dataset: Dataset) -> None:
+    """Publish the import; if RabbitMQ refuses it (queue full, broker down) the dataset is FAILED with the
+    reason instead of waiting QUEUED for a task that does not exist, and the caller gets the error."""
     from apps.datasets.tasks import start_import
 
-    start_import.apply_async((dataset.pk,), task_id=dataset.start_task_id, **time_limits_for(dataset))
+    try:
+        start_import.apply_async((dataset.pk,), task_id=dataset.start_task_id, **time_limits_for(dataset))
+    except kombu.exceptions.OperationalError as exc:  # QueueFull is one; nothing was enqueued
+        _settle(dataset.pk, Status.FAILED, "not enqueued", error=f"not enqueued: {exc or type(exc).__name__}")
+        raise
 
 
 # --- settling a dataset exactly once -----------------------------------------------------------------

@@ -30,6 +30,7 @@ from django.template import TemplateDoesNotExist
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from apps.core.amqp import QueueFull
 from apps.mail import smtp, throttle, validation
 from apps.mail.models import FINAL_STATES, Attachment, Message, Status
 from apps.mail.validation import MailInputError
@@ -127,7 +128,15 @@ def _publish_after_commit(message: Message) -> None:
     from apps.mail.tasks import delivery_task
 
     task, pk, task_id = delivery_task(message.bulk), message.pk, message.task_id
-    transaction.on_commit(lambda: task.apply_async((pk,), task_id=task_id))
+
+    def publish():
+        try:
+            task.apply_async((pk,), task_id=task_id)
+        except QueueFull as exc:  # the row is committed: it stays QUEUED and requeue_stale publishes it later
+            raise QueueFull(f"message {pk} is stored (QUEUED) but its delivery was not enqueued: {exc}; "
+                            "mail.requeue_stale will enqueue it when the queue has room") from exc
+
+    transaction.on_commit(publish)
 
 
 def cancel(message_id: int) -> bool:

@@ -37,6 +37,32 @@ def dead_letters_of(broker_url: str, queue: str, directory: Path) -> set[str]:
     return keys
 
 
+def queue_state(broker_url: str, queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) for ``queue``, as the broker reports them."""
+    vhost = broker_url.rsplit("/", 1)[1]
+    for name, ready, unacked in rabbit.list_table(vhost, "queues", "name", "messages_ready", "messages_unacknowledged"):
+        if name == queue:
+            return int(ready), int(unacked)
+    raise LookupError(f"queue {queue!r} not found in vhost {vhost!r}")
+
+
+def wait_settled(broker_url: str, queue: str, timeout: float = 180) -> None:
+    """Wait until the broker holds nothing of ``queue`` (none ready, none unacknowledged) for 2 s in a row:
+    every message has then been acked or dead-lettered, so the accounting that follows is final."""
+    import time
+
+    deadline, quiet_since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if queue_state(broker_url, queue) == (0, 0):
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 2:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.5)
+    raise AssertionError(f"{queue} still holds messages after {timeout}s (ready, unacked) = {queue_state(broker_url, queue)}")
+
+
 def account(case: str, directory: Path, keys: list[str], confirmed: int, broker_url: str, queue: str) -> Outcome:
     effects = {name.removeprefix("effect-") for name in os.listdir(directory) if name.startswith("effect-")}
     attempts_log = directory / "attempts.log"

@@ -1,13 +1,14 @@
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from apps.core.commands import PublishingCommand
 from apps.control import selectors, services
 from apps.control.errors import ControlError
 from apps.control.models import DeadLetter
 
 
-class Command(BaseCommand):
+class Command(PublishingCommand):
     help = "Dead letters: list, show one, replay (one or by filter) to the original route, purge."
 
     def add_arguments(self, parser):

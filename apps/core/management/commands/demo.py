@@ -1,13 +1,14 @@
 import sys
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from apps.core.commands import PublishingCommand
 from apps.core.broker import BrokerUnavailable, check_broker
 from apps.core.demo import demo_progress, enqueue_demo
 
 
-class Command(BaseCommand):
+class Command(PublishingCommand):
     help = "Enqueue a mixed workload on every queue, show progress, and report per queue: done, failed, time."
 
     def add_arguments(self, parser):

@@ -5,14 +5,15 @@ import json
 import sys
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from apps.core.commands import PublishingCommand
 from apps.core.broker import BrokerUnavailable, check_broker
 from apps.datasets import selectors, services
 from apps.datasets.models import Dataset, Status
 
 
-class Command(BaseCommand):
+class Command(PublishingCommand):
     help = "Import a CSV/TSV/JSON Lines/Parquet file as a new dataset version and profile it on the dataset queue."
 
     def add_arguments(self, parser):

@@ -1,13 +1,14 @@
 import json
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from apps.core.commands import PublishingCommand
 from apps.mail import selectors, services
 from apps.mail.models import FINAL_STATES
 
 
-class Command(BaseCommand):
+class Command(PublishingCommand):
     help = "Store a message in the outbox and enqueue its delivery (optionally wait for the outcome)."
 
     def add_arguments(self, parser):
