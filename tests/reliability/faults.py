@@ -63,14 +63,17 @@ def wait_settled(broker_url: str, queue: str, timeout: float = 180) -> None:
     raise AssertionError(f"{queue} still holds messages after {timeout}s (ready, unacked) = {queue_state(broker_url, queue)}")
 
 
-def account(case: str, directory: Path, keys: list[str], confirmed: int, broker_url: str, queue: str) -> Outcome:
+def account(case: str, directory: Path, keys: list[str], confirmed: int, broker_url: str, queue: str,
+            published: int | None = None) -> Outcome:
+    """Account for ``keys`` (the messages whose publish was confirmed, or all of them); ``published`` counts
+    attempts that raised too, when the case has some."""
     effects = {name.removeprefix("effect-") for name in os.listdir(directory) if name.startswith("effect-")}
     attempts_log = directory / "attempts.log"
     reruns_log = directory / "duplicates.log"
     dead = dead_letters_of(broker_url, queue, directory) - effects
     executed = len(effects & set(keys))
     outcome = Outcome(
-        case=case, published=len(keys), confirmed=confirmed, executed=executed,
+        case=case, published=len(keys) if published is None else published, confirmed=confirmed, executed=executed,
         attempts=len(attempts_log.read_text().splitlines()) if attempts_log.exists() else 0,
         guarded_reruns=len(reruns_log.read_text().splitlines()) if reruns_log.exists() else 0,
         duplicated=0,  # an effect file is created once (O_EXCL); a second application is impossible by design
