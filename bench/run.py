@@ -127,7 +127,7 @@ def raw_consume(n: int) -> float:
 
 # --- plain Celery ----------------------------------------------------------------------------------
 def plain_worker(url: str, pool: str, concurrency: int):
-    env = {**os.environ, "PLAIN_BROKER_URL": url}
+    env = {**os.environ, "PLAIN_BROKER_URL": url, "PLAIN_BROKER_HEARTBEAT": "0" if pool == "eventlet" else "120"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     log = open(ROOT / "var" / f"bench-plain-{pool}-{concurrency}.log", "wb")
 

@@ -25,7 +25,7 @@ def _without_confirms(channel):
     return channel
 
 
-def _event_producer(connection) -> Producer:
+def event_producer(connection) -> Producer:
     """A producer on a confirm-less channel of ``connection``, kept on the connection (pooled connections
     are used by one holder at a time) and made again after a reconnect."""
     producer = getattr(connection, "_platform_event_producer", None)
@@ -47,7 +47,7 @@ class UnconfirmedEventDispatcher(EventDispatcher):
     def publish(self, type, fields, producer, *args, **kwargs):
         """Events published on a caller's producer (``task-sent``) go on a confirm-less channel beside it."""
         if producer is not None and (producer.connection.transport_options or {}).get("confirm_publish"):
-            producer = _event_producer(producer.connection)
+            producer = event_producer(producer.connection)
         return super().publish(type, fields, producer, *args, **kwargs)
 
 
