@@ -1,6 +1,7 @@
-"""Plain Celery, as the baseline: stock settings plus the same durability choices (JSON, persistent
-messages, acks_late, publisher confirms), a classic queue on a direct exchange, no result backend,
-none of the platform's code. Started as `celery -A bench.plain_app worker -P <pool> -Q plain`."""
+"""Plain Celery, as the baseline: Celery with the platform's delivery settings (JSON, persistent
+messages, acks_late, publisher confirms, prefetch multiplier 1, a quorum queue on a direct exchange)
+and none of the platform's code: no result backend, no events, no ledger, no tracing, stock consumer.
+Started as `celery -A bench.plain_app worker -P <pool> -Q plain`."""
 import os
 import time
 
@@ -15,7 +16,10 @@ app.conf.update(
     accept_content=["json"],
     task_acks_late=True,
     broker_transport_options={"confirm_publish": True},
-    task_queues=[Queue("plain", Exchange("plain", type="direct"), routing_key="plain", durable=True)],
+    task_queues=[Queue("plain", Exchange("plain", type="direct"), routing_key="plain", durable=True,
+                       queue_arguments={"x-queue-type": "quorum"})],
+    worker_prefetch_multiplier=1,
+    worker_detect_quorum_queues=True,
     task_default_queue="plain",
     task_default_exchange="plain",
     task_default_routing_key="plain",

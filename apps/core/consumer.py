@@ -62,31 +62,40 @@ class DeclareTopology(bootsteps.StartStopStep):
         ensure_delay_topology(c.connection, list(c.app.amqp.queues.consume_from.values()))
 
 
-# How often a green worker sends the task events it buffered (received, started, succeeded, progress).
-GREEN_EVENT_FLUSH_SECONDS = 0.1
+# How often a worker sends the task events it buffered (received, started, succeeded, progress).
+EVENT_FLUSH_SECONDS = 0.1
 
 
-class GreenEventBatching(bootsteps.StartStopStep):
-    """Batch task events on the eventlet pool, as Celery already does on prefork.
+class EventBatching(bootsteps.StartStopStep):
+    """Send task events in batches on both pools, every EVENT_FLUSH_SECONDS or when 50 are waiting.
 
-    Celery buffers task events only when the worker has an event loop (prefork); green pools publish
-    three messages per task (received, started, succeeded): 39% of the io worker's time in the profile
-    (docs/benchmarks.md). Celery's own comment: "XXX This excludes eventlet/gevent, which should actually
-    buffer". Here they leave in batches (``task.multi``, which every event receiver reads) when 50 are
-    waiting or every GREEN_EVENT_FLUSH_SECONDS, and are flushed before Celery closes the dispatcher
-    (this step stops before the Events step it requires).
+    * eventlet: Celery does not buffer task events at all on green pools (its own comment: "XXX This
+      excludes eventlet/gevent, which should actually buffer"): three messages per task (received,
+      started, succeeded) were 39% of the io worker's time in the profile (docs/benchmarks.md).
+    * prefork: Celery buffers, but flushes at every turn of its event loop, so at high rates it still
+      publishes a message per event or two: 28% of the worker's main process in the profile.
+
+    Batches go out as ``task.multi`` messages, which every event receiver reads (the ledger recorder, the
+    live feed, Flower). Events stay at most EVENT_FLUSH_SECONDS behind, and are flushed before Celery
+    closes the dispatcher (this step stops before the Events step it requires).
     """
 
     requires = (Events,)
     _flusher = None
+    _timer = None
 
     def start(self, c: Consumer) -> None:
         dispatcher = c.event_dispatcher
-        if c.hub is None and dispatcher is not None and dispatcher.enabled and running_on_eventlet():
+        if dispatcher is None or not dispatcher.enabled:
+            return
+        dispatcher.buffer_group = frozenset({"task"})
+        dispatcher.buffer_limit = 50
+        if c.hub is not None:  # prefork: a timer in Celery's own event loop instead of a flush per turn
+            dispatcher.on_send_buffered = None
+            self._timer = c.hub.call_repeatedly(EVENT_FLUSH_SECONDS, _flush, dispatcher)
+        elif running_on_eventlet():
             import eventlet
 
-            dispatcher.buffer_group = frozenset({"task"})
-            dispatcher.buffer_limit = 50
             self._flusher = eventlet.spawn(self._flush_every, dispatcher)
 
     @staticmethod
@@ -94,13 +103,16 @@ class GreenEventBatching(bootsteps.StartStopStep):
         import eventlet
 
         while True:
-            eventlet.sleep(GREEN_EVENT_FLUSH_SECONDS)
+            eventlet.sleep(EVENT_FLUSH_SECONDS)
             _flush(dispatcher)
 
     def stop(self, c: Consumer) -> None:
         if self._flusher is not None:
             self._flusher.kill()
             self._flusher = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if c.event_dispatcher is not None:
             _flush(c.event_dispatcher)  # offline, the batch moves to the dispatcher's outbound buffer
 
@@ -130,7 +142,7 @@ def share_backend_between_green_threads(app) -> None:
 
 class PlatformConsumer(Consumer):
     def __init__(self, *args, app=None, **kwargs):
-        app.steps["consumer"].update({DeclareTopology, GreenEventBatching})
+        app.steps["consumer"].update({DeclareTopology, EventBatching})
         share_backend_between_green_threads(app)
         super().__init__(*args, app=app, **kwargs)
 

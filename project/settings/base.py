@@ -85,7 +85,10 @@ TEMPLATES = [
 
 def database_config(url: str) -> dict:
     """One database from a URL, tuned for the platform's concurrent writers."""
-    config = dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True)
+    # Persistent connections where a process serves one request or task at a time and says so
+    # (compose/start/cpu sets DATABASE_CONN_MAX_AGE); 0 elsewhere: ASGI web and eventlet green threads
+    # would each keep one open.
+    config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0), conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {
             # Web, two workers and beat write concurrently. WAL (set once on the file after migrate, see
@@ -194,7 +197,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # prefork: one reserved task per child, n
 CELERY_WORKER_DETECT_QUORUM_QUEUES = True  # per-consumer QoS (quorum queues refuse global QoS)
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True  # they will be redelivered anyway
 CELERY_WORKER_CONSUMER = "apps.core.consumer:PlatformConsumer"  # bad messages are dead-lettered, not acked
-CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000)  # cap leaks in prefork
+# Recycle prefork children to cap leaks: by memory first (below), by count as a backstop. Every 1,000 was
+# 13% of the no-op drain rate (a fork each second per child at 1,000 tasks/s; docs/benchmarks.md).
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 10_000)
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", 1_000_000)  # KiB
 PLATFORM_MAX_MESSAGE_BYTES = env_int("PLATFORM_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)  # enforced both ends
 
@@ -216,6 +221,11 @@ CELERY_RESULT_BACKEND_MAX_RETRIES = 10  # with backoff from 10 ms up to 10 s bet
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 7 * 24 * 3600)  # seconds; celery.backend_cleanup
 CELERY_TASK_TRACK_STARTED = True  # STARTED is stored, so "running" is distinguishable from "waiting"
+# Celery closes the database connections before and after every task unless this is set. Where they are
+# meant to persist (CONN_MAX_AGE > 0: the prefork lane), apps.core.signals closes them by Django's rules
+# (age, health checks) and Celery only every 1,000 tasks: a new PostgreSQL connection per task was most of
+# a result-storing task's cost (docs/benchmarks.md).
+CELERY_DB_REUSE_MAX = 1000 if DATABASES["default"]["CONN_MAX_AGE"] else None
 
 # Schedules: in the database, edited in the admin, seeded by `manage.py seed_schedules`.
 # No CELERY_BEAT_SCHEDULE: it would overwrite admin edits whenever beat starts.
@@ -298,6 +308,8 @@ if _eventlet_patched():
     # (wait_poll would fail: eventlet deletes select.poll). Must be set before psycopg is first imported.
     # Without it an io worker stalled with 20 queries in flight when PostgreSQL connections were killed.
     os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_select")
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # a connection per green thread must close when its task ends
+    CELERY_DB_REUSE_MAX = None
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Django opens one connection per green thread: with -c 500 that is 500 PostgreSQL connections.
         # A bounded pool (Django 5.2 native, psycopg_pool; needs CONN_MAX_AGE=0) caps them per process;
@@ -305,7 +317,11 @@ if _eventlet_patched():
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": env_int("IO_DB_POOL_MAX_SIZE", 30),
-            "timeout": env_int("IO_DB_POOL_TIMEOUT", 60),  # seconds a green thread waits for a connection
+            # Seconds a green thread waits for a connection before PoolTimeout (an OperationalError: the
+            # task or result write is retried). Short on purpose: after PostgreSQL terminated the pool's
+            # connections, a waiter was sometimes never served until its timeout (seen here, eventlet +
+            # psycopg_pool: 60 s stalls with 60; with 10 the write retries and goes through).
+            "timeout": env_int("IO_DB_POOL_TIMEOUT", 10),
         }
 
 # Application code (send_mail, EmailMessage.send) goes through the outbox; delivery uses an explicit SMTP
