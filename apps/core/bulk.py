@@ -18,7 +18,12 @@ from collections.abc import Iterable
 
 from celery import Signature
 from celery.result import AsyncResult
+from celery.utils.saferepr import saferepr
+from django.conf import settings
+from kombu.serialization import dumps, loads
+from kombu.utils.uuid import uuid
 
+from apps.core.amqp import MessageTooLarge
 from apps.core.events import event_producer
 from project import topology
 from project.celery import app
@@ -69,12 +74,77 @@ class _SentEvents:
         self.events: list[dict] = []
 
     def publish(self, type, fields, producer, **kwargs):
+        self.last_fields = fields
         self.events.append(self.dispatcher._prepare_event(type, fields))
 
     def send(self, connection, accepted: set[str]) -> None:
         batch = [event for event in self.events if event["uuid"] in accepted]
         if batch:  # one message, "task.multi": the ledger recorder and the live feed read lists
             self.dispatcher._publish(batch, event_producer(connection), "task.multi")
+
+
+class _Templates:
+    """Messages derived from the first one Celery built, per task name, within one ``enqueue_many`` call.
+
+    Celery's per-message work (routing, option merging, building the protocol-2 message, configuration
+    lookups) was most of what bulk enqueue spent per message after the confirms overlapped
+    (docs/benchmarks.md). A signature with no options of its own whose task already has a template in
+    this call gets a copy of that message with what differs per call replaced: the id (and the root id
+    when the template was its own root), the arguments and their reprs, the body, and its task-sent
+    event. The size guard applies to every body. Trace context and publish time stamps are the template's
+    (the same publishing span, microseconds apart). Anything else goes through Celery.
+    """
+
+    def __init__(self, producer, sent_events: _SentEvents):
+        self.sent_events = sent_events
+        self.by_task: dict[str, tuple[dict, dict, dict, bool]] = {}
+        self.last_publish: tuple | None = None
+        self.publish = producer.publish
+        self.max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
+        self.repr_size = app.amqp.argsrepr_maxsize
+
+        def recording_publish(body, **kwargs):
+            self.last_publish = (body, kwargs)
+            return self.publish(body, **kwargs)
+
+        producer.publish = recording_publish
+
+    @staticmethod
+    def eligible(signature: Signature) -> bool:
+        return type(signature) is Signature and not signature.options
+
+    def remember(self, signature: Signature, result: AsyncResult) -> None:
+        """Keep the message Celery just published for ``signature`` as its task's template."""
+        body, kwargs = self.last_publish
+        headers = kwargs.get("headers") or {}
+        if headers.get("id") != result.id or headers.get("eta"):
+            return  # not a plain task message (delayed, or something else was published last)
+        embed = loads(body, kwargs["content_type"], kwargs["content_encoding"])[2]
+        fields = dict(self.sent_events.last_fields)
+        self.by_task[signature.task] = (kwargs, embed, fields, headers.get("root_id") == result.id)
+
+    def send(self, signature: Signature) -> AsyncResult | None:
+        template = self.by_task.get(signature.task)
+        if template is None:
+            return None
+        kwargs, embed, fields, own_root = template
+        task_id = uuid()
+        args, call_kwargs = tuple(signature.args), dict(signature.kwargs)
+        content_type, content_encoding, body = dumps((args, call_kwargs, embed), kwargs["content_type"].split("/")[-1])
+        if len(body) > self.max_bytes:
+            raise MessageTooLarge(f"task {signature.task} message is {len(body)} bytes, over the limit of "
+                                  f"{self.max_bytes} bytes (PLATFORM_MAX_MESSAGE_BYTES): pass ids or file paths, not data")
+        headers = dict(kwargs["headers"])
+        headers["id"] = task_id
+        if own_root:
+            headers["root_id"] = task_id
+        headers["argsrepr"] = saferepr(args, self.repr_size)
+        headers["kwargsrepr"] = saferepr(call_kwargs, self.repr_size)
+        self.publish(body, **{**kwargs, "headers": headers, "correlation_id": task_id})
+        self.sent_events.events.append(self.sent_events.dispatcher._prepare_event("task-sent", {
+            **fields, "uuid": task_id, "root_id": headers["root_id"], "args": headers["argsrepr"],
+            "kwargs": headers["kwargsrepr"]}))
+        return app.tasks[signature.task].AsyncResult(task_id)
 
 
 def _routed_to_topology(signature: Signature) -> bool:
@@ -106,16 +176,22 @@ def enqueue_many(signatures: Iterable[Signature], confirm_timeout: float = 30) -
             for queue in topology.work_queues():
                 producer.maybe_declare(queue)  # cached per connection: a no-op after the first call
             sent_events = _SentEvents()
+            templates = _Templates(producer, sent_events)
             task_tags: list[tuple[int, AsyncResult]] = []
             for signature in signatures:
                 before = tracker.published
-                if type(signature) is Signature:  # one task; a chain or group keeps Celery's own path
-                    options = {"event_dispatcher": sent_events}
-                    if _routed_to_topology(signature):
-                        options["declare"] = []
-                else:
-                    options = {}
-                result = signature.apply_async(producer=producer, **options)
+                eligible = templates.eligible(signature)
+                result = templates.send(signature) if eligible else None
+                if result is None:
+                    if type(signature) is Signature:  # one task; a chain or group keeps Celery's own path
+                        options = {"event_dispatcher": sent_events}
+                        if _routed_to_topology(signature):
+                            options["declare"] = []
+                    else:
+                        options = {}
+                    result = signature.apply_async(producer=producer, **options)
+                    if eligible:
+                        templates.remember(signature, result)
                 task_tags.append((before + 1, result))  # the task message is the first publish of the call
 
             deadline = time.monotonic() + confirm_timeout

@@ -1,10 +1,12 @@
 """Bulk enqueue: every message confirmed before returning, and refusals reported by task id."""
+import json
+
 import pytest
 from kombu import Exchange, Queue
 
 from apps.core.bulk import BulkPublishError, enqueue_many
 from tests.support import rabbit
-from tests.support.tasks import io_mark
+from tests.support.tasks import io_echo, io_mark
 from tests.support.workers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,3 +53,24 @@ def test_confirm_tracking_keeps_an_earlier_nack_when_a_later_ack_covers_its_rang
     ack(6, True)    # 5, 6 accepted; must not flip 3 and 4
     assert [tracker.state(tag) for tag in range(1, 7)] == ["acked", "acked", "nacked", "nacked", "acked", "acked"]
     assert tracker.settled()
+
+
+def test_messages_derived_from_a_template_carry_their_own_id_arguments_and_reprs(io_worker):
+    # After the first io_echo, enqueue_many derives the others from the message Celery built (apps/core/bulk.py).
+    from django_celery_results.models import TaskResult
+
+    results = enqueue_many(io_echo.s(f"value-{i}") for i in range(20))
+    assert len({r.id for r in results}) == 20
+    assert [r.get(timeout=60)["value"] for r in results] == [f"value-{i}" for i in range(20)]
+    rows = {row.task_id: row for row in TaskResult.objects.filter(task_id__in=[r.id for r in results])}
+    for i, result in enumerate(results):
+        assert json.loads(rows[result.id].task_args) == repr((f"value-{i}",))  # its own argsrepr, not the template's
+        assert rows[result.id].task_name == "tests.io.echo"
+
+
+def test_a_derived_message_over_the_size_limit_is_refused_before_it_is_published(settings):
+    from apps.core.amqp import MessageTooLarge
+
+    too_big = "x" * (settings.PLATFORM_MAX_MESSAGE_BYTES + 1)
+    with pytest.raises(MessageTooLarge, match="over the limit"):
+        enqueue_many([io_mark.s("/dev/null", "small"), io_mark.s("/dev/null", too_big)])
