@@ -27,6 +27,16 @@ class MessageTooLarge(ValueError):
     """A task message is larger than the platform accepts; pass ids or paths, not data."""
 
 
+def check_message_size(name: str, body: bytes) -> None:
+    """Refuse a serialized task body over ``PLATFORM_MAX_MESSAGE_BYTES`` before it is published."""
+    max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
+    if len(body) > max_bytes:
+        raise MessageTooLarge(
+            f"task {name} message is {len(body)} bytes, over the limit of {max_bytes} bytes "
+            "(PLATFORM_MAX_MESSAGE_BYTES): pass ids or file paths, not data"
+        )
+
+
 class QueueFull(kombu.exceptions.OperationalError):
     """RabbitMQ refused the message: its queue is at its bound (x-max-length, reject-publish).
 
@@ -58,12 +68,7 @@ class PlatformAMQP(AMQP):
         """
         message = super().as_task_v2(task_id, name, *args, **kwargs)
         content_type, content_encoding, data = dumps(message.body, self.app.conf.task_serializer)
-        max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
-        if len(data) > max_bytes:
-            raise MessageTooLarge(
-                f"task {name} message is {len(data)} bytes, over the limit of {max_bytes} bytes "
-                "(PLATFORM_MAX_MESSAGE_BYTES): pass ids or file paths, not data"
-            )
+        check_message_size(name, data)
         message.properties.update(content_type=content_type, content_encoding=content_encoding)
         return message._replace(body=data)
 

@@ -19,11 +19,10 @@ from collections.abc import Iterable
 from celery import Signature
 from celery.result import AsyncResult
 from celery.utils.saferepr import saferepr
-from django.conf import settings
 from kombu.serialization import dumps, loads
 from kombu.utils.uuid import uuid
 
-from apps.core.amqp import MessageTooLarge
+from apps.core.amqp import check_message_size
 from apps.core.events import event_producer
 from project import topology
 from project.celery import app
@@ -100,7 +99,6 @@ class _Templates:
         self.by_task: dict[str, tuple[dict, dict, dict, bool]] = {}
         self.last_publish: tuple | None = None
         self.publish = producer.publish
-        self.max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
         self.repr_size = app.amqp.argsrepr_maxsize
 
         def recording_publish(body, **kwargs):
@@ -131,9 +129,7 @@ class _Templates:
         task_id = uuid()
         args, call_kwargs = tuple(signature.args), dict(signature.kwargs)
         content_type, content_encoding, body = dumps((args, call_kwargs, embed), kwargs["content_type"].split("/")[-1])
-        if len(body) > self.max_bytes:
-            raise MessageTooLarge(f"task {signature.task} message is {len(body)} bytes, over the limit of "
-                                  f"{self.max_bytes} bytes (PLATFORM_MAX_MESSAGE_BYTES): pass ids or file paths, not data")
+        check_message_size(signature.task, body)
         headers = dict(kwargs["headers"])
         headers["id"] = task_id
         if own_root:

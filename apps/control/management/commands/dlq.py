@@ -2,10 +2,10 @@ import json
 
 from django.core.management.base import CommandError
 
-from apps.core.commands import PublishingCommand
 from apps.control import selectors, services
 from apps.control.errors import ControlError
 from apps.control.models import DeadLetter
+from apps.core.commands import PublishingCommand
 
 
 class Command(PublishingCommand):

@@ -3,8 +3,8 @@ import time
 
 from django.core.management.base import CommandError
 
-from apps.core.commands import PublishingCommand
 from apps.core.broker import BrokerUnavailable, check_broker
+from apps.core.commands import PublishingCommand
 from apps.core.demo import demo_progress, enqueue_demo
 
 

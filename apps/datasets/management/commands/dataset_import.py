@@ -7,8 +7,8 @@ import time
 
 from django.core.management.base import CommandError
 
-from apps.core.commands import PublishingCommand
 from apps.core.broker import BrokerUnavailable, check_broker
+from apps.core.commands import PublishingCommand
 from apps.datasets import selectors, services
 from apps.datasets.models import Dataset, Status
 
