@@ -174,16 +174,16 @@ def replay_route(letter) -> tuple[str, str]:
     return exchange, routing_key
 
 
-def publish_again(connection: Connection, letter) -> None:
-    """Publish a stored dead letter to its original route, with publisher confirms."""
+def publish_again(batch, letter) -> int:
+    """Publish a stored dead letter to its original route in a confirmed batch (apps/core/bulk.py);
+    returns its delivery tag, whose ``batch.state`` says whether RabbitMQ accepted it."""
     exchange, routing_key = replay_route(letter)
     headers = {k: v for k, v in (letter.headers or {}).items() if k not in STRIP_ON_REPLAY}
     properties = letter.properties or {}
-    producer = connection.Producer()
-    producer.publish(
+    return batch.publish(
         bytes(letter.body), exchange=exchange, routing_key=routing_key, headers=headers, serializer=None,
         content_type=properties.get("content_type") or "application/json",
         content_encoding=properties.get("content_encoding") or "utf-8",
         delivery_mode=2, correlation_id=properties.get("correlation_id"), reply_to=properties.get("reply_to"),
-        priority=properties.get("priority"), retry=True, retry_policy={"max_retries": 3},
+        priority=properties.get("priority"),
     )

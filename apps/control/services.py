@@ -9,7 +9,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from kombu import Connection
 
 from apps.control import deadletters, selectors, states
 from apps.control.errors import Conflict, ControlError, NotFound, Unavailable
@@ -189,30 +188,48 @@ def mark_dead_lettered(rows: list[DeadLetter]) -> None:
 
 
 def replay_dead_letters(letters, actor=None) -> dict:
-    """Republish each (with confirms) to its original route; skip those whose task no longer exists."""
+    """Republish each to its original route, all in one confirmed batch; skip those whose task no longer
+    exists. Only letters RabbitMQ confirmed are marked replayed; a refused one (its queue is at its bound)
+    or one not confirmed in time stays stored, with the reason in ``skipped``."""
+    from apps.core.bulk import confirmed_batch
+
     registered = deadletters.registered_tasks()
-    replayed, skipped = [], []
-    with Connection(_app().conf.broker_url, transport_options={"confirm_publish": True}) as connection:
-        for letter in letters:
-            if letter.replayed_at:
-                skipped.append({"id": letter.id, "reason": "already replayed"})
-                continue
-            if letter.task_name not in registered:
-                skipped.append({"id": letter.id, "reason": f"task {letter.task_name!r} no longer exists" if letter.task_name
-                                else "not a Celery task message (no task header)"})
-                continue
-            deadletters.publish_again(connection, letter)
-            with transaction.atomic():
-                DeadLetter.objects.filter(pk=letter.pk).update(
-                    replayed_at=timezone.now(), replayed_by=actor if getattr(actor, "is_authenticated", False) else None)
-                if letter.task_id:  # the ledger follows the task again from QUEUED
-                    TaskRecord.objects.filter(task_id=letter.task_id).update(
-                        state=states.QUEUED, provisional=False, last_event_at=None, finished_at=None,
-                        sent_at=timezone.now())
-            replayed.append(letter.id)
+    replayed, skipped, to_publish = [], [], []
+    for letter in letters:
+        if letter.replayed_at:
+            skipped.append({"id": letter.id, "reason": "already replayed"})
+        elif letter.task_name not in registered:
+            skipped.append({"id": letter.id, "reason": f"task {letter.task_name!r} no longer exists" if letter.task_name
+                            else "not a Celery task message (no task header)"})
+        else:
+            to_publish.append(letter)
+    if to_publish:
+        with confirmed_batch(raise_on_failure=False) as batch:
+            published = [(letter, deadletters.publish_again(batch, letter)) for letter in to_publish]
+        for letter, tag in published:
+            state = batch.state(tag)
+            if state == "acked":
+                _mark_replayed(letter, actor)
+                replayed.append(letter.id)
+            elif state == "nacked":
+                queue = deadletters.replay_route(letter)[1]
+                skipped.append({"id": letter.id, "reason": f"refused by RabbitMQ: queue {queue} is full; still stored, "
+                                                           "replay it later"})
+            else:
+                skipped.append({"id": letter.id, "reason": "not confirmed by RabbitMQ in time; still stored (it may "
+                                                           "also have been enqueued: check the task in the ledger)"})
     outcome = {"replayed": replayed, "skipped": skipped}
     audit(actor, "deadletter.replay", ",".join(map(str, replayed))[:500], {"count": len(replayed) + len(skipped)}, outcome)
     return outcome
+
+
+def _mark_replayed(letter, actor) -> None:
+    with transaction.atomic():
+        DeadLetter.objects.filter(pk=letter.pk).update(
+            replayed_at=timezone.now(), replayed_by=actor if getattr(actor, "is_authenticated", False) else None)
+        if letter.task_id:  # the ledger follows the task again from QUEUED
+            TaskRecord.objects.filter(task_id=letter.task_id).update(
+                state=states.QUEUED, provisional=False, last_event_at=None, finished_at=None, sent_at=timezone.now())
 
 
 def replay_one(letter_id: int, actor=None) -> dict:

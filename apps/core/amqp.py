@@ -1,17 +1,21 @@
 """The publishing side of the topology: every task message leaves through here.
 
 ``PlatformAMQP`` wraps Celery's task sender (the one choke point for apply_async, retries, canvas and
-send_task) to add two things Celery lacks:
+send_task) to add what Celery lacks:
 
 * delayed delivery on direct exchanges: a message due later than MIN_DELAY_SECONDS is published to the
   delay levels (apps/core/delays.py) instead of to a worker that would hold it unacked until due;
 * a clear ``QueueFull`` error when RabbitMQ refuses a message because its queue is at its bound;
 * a message-size guard: the body is serialized once, when the message is built, and a body over
-  ``PLATFORM_MAX_MESSAGE_BYTES`` raises ``MessageTooLarge`` to the caller instead of being published.
+  ``PLATFORM_MAX_MESSAGE_BYTES`` raises ``MessageTooLarge`` to the caller instead of being published;
+* confirmed batches: inside ``apps.core.bulk.confirmed_batch`` every task message of the thread (from
+  apply_async, a group, a chord's header...) goes on the batch's channel, and its publisher confirm is
+  awaited with all the others when the batch ends instead of one round trip per message.
 """
 from __future__ import annotations
 
 import logging
+import threading
 
 import kombu.exceptions
 from amqp.exceptions import MessageNacked
@@ -46,6 +50,21 @@ class QueueFull(kombu.exceptions.OperationalError):
     retry_after_seconds = 30
 
 
+_publishing = threading.local()  # green-local under eventlet: one batch per green thread
+
+
+def active_batch():
+    """The ``apps.core.bulk.ConfirmedBatch`` task messages of this thread go into, if any."""
+    return getattr(_publishing, "batch", None)
+
+
+def set_active_batch(batch):
+    """Make ``batch`` the active one for this thread; returns the one it replaces."""
+    previous = active_batch()
+    _publishing.batch = batch
+    return previous
+
+
 class _DropDirectExchangeWarning(logging.Filter):
     """Celery warns on every delayed publish to a direct exchange that the task "may block the worker".
 
@@ -78,6 +97,12 @@ class PlatformAMQP(AMQP):
 
         def send_task_message(producer, name, message, exchange=None, routing_key=None, queue=None, **kwargs):
             headers = message.headers
+            batch = active_batch()
+            if batch is not None:  # inside apps.core.bulk.confirmed_batch: confirmed together at its end
+                producer = batch.producer
+                kwargs["event_dispatcher"] = batch.sent_events
+                if kwargs.get("declare") is None and getattr(queue, "name", queue) in batch.declared:
+                    kwargs["declare"] = []  # the batch declared the topology's queues once
             eta = headers.get("eta")
             delay = delays.seconds_until(eta) if eta else 0
             if delay >= delays.MIN_DELAY_SECONDS:
@@ -89,7 +114,10 @@ class PlatformAMQP(AMQP):
                 kwargs["declare"] = []  # the delay levels are declared above; nothing else to declare
 
             try:
-                return send(producer, name, message, exchange=exchange, routing_key=routing_key, queue=queue, **kwargs)
+                sent = send(producer, name, message, exchange=exchange, routing_key=routing_key, queue=queue, **kwargs)
+                if batch is not None:
+                    batch.track_task(headers["id"])
+                return sent
             except (MessageNacked, kombu.exceptions.OperationalError) as exc:
                 # kombu re-raises the broker's nack as an OperationalError with an empty message.
                 if not isinstance(exc, MessageNacked) and not isinstance(exc.__cause__ or exc.__context__, MessageNacked):

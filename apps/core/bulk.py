@@ -1,20 +1,29 @@
 """Enqueue many tasks at once with the same durability as one ``apply_async`` with publisher confirms.
 
 ``apply_async`` with ``confirm_publish`` waits for RabbitMQ's confirm after every message: one round trip
-per task. ``enqueue_many`` publishes every message on one confirm-mode channel and then waits for all the
-confirms together, so the round trips overlap. It returns only when RabbitMQ has confirmed every message,
+per task. A confirmed batch publishes every message on one confirm-mode channel and then waits for all the
+confirms together, so the round trips overlap. It ends only when RabbitMQ has confirmed every message,
 and raises ``BulkPublishError`` naming the task ids it refused (a full queue nacks with reject-publish) or
-did not confirm in time. Messages go through Celery's normal send path, so routing, delayed delivery and
-the size guard are exactly as for ``apply_async``. Two things are done once per call instead of once per
-message (each was a tenth to a quarter of the time in the profile, docs/benchmarks.md): the queues of the
-topology are declared once, and the ``task-sent`` events (the ledger's QUEUED) leave as one batch after
-the confirms, for the accepted messages only.
+did not confirm in time.
+
+* ``confirmed_batch()``: a context in which every task message the thread sends (apply_async, delay, a
+  group, a chord's header; apps/core/amqp.py routes them here) joins the batch. Messages go through
+  Celery's normal send path, so routing, delayed delivery and the size guard are as for ``apply_async``.
+  The dataset chunk fan-out (a chord) and ``manage.py demo`` use it; ``ConfirmedBatch.publish`` takes
+  ready-made messages (dead-letter replays).
+* ``enqueue_many(signatures)``: a batch of signatures, with message templates on top (``_Templates``).
+
+Done once per batch instead of once per message (each was a tenth to a quarter of the time in the
+profile, docs/benchmarks.md): the topology's queues are declared once, and the ``task-sent`` events (the
+ledger's QUEUED) leave as one message after the confirms, for the accepted messages only.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from celery import Signature
 from celery.result import AsyncResult
@@ -22,11 +31,12 @@ from celery.utils.saferepr import saferepr
 from kombu.serialization import dumps, loads
 from kombu.utils.uuid import uuid
 
-from apps.core.amqp import check_message_size
+from apps.core.amqp import check_message_size, set_active_batch
 from apps.core.events import event_producer
 from project import topology
 from project.celery import app
 
+logger = logging.getLogger(__name__)
 
 class BulkPublishError(RuntimeError):
     def __init__(self, message: str, refused: list[str], unconfirmed: list[str]):
@@ -66,7 +76,7 @@ class _ConfirmTracker:
 
 
 class _SentEvents:
-    """Stands in for Celery's event dispatcher during a bulk publish: collects the task-sent events."""
+    """Stands in for Celery's event dispatcher during a batch: collects the task-sent events."""
 
     def __init__(self):
         self.dispatcher = app.events.Dispatcher(enabled=False)  # stamps clock, hostname, pid like Celery's
@@ -82,6 +92,126 @@ class _SentEvents:
             self.dispatcher._publish(batch, event_producer(connection), "task.multi")
 
 
+class ConfirmedBatch:
+    """One confirm-mode channel whose publishes are confirmed together by ``settle``."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.channel = connection.channel()
+        self.channel.confirm_select()
+        self.tracker = _ConfirmTracker(self.channel)
+        raw_publish = self.channel._basic_publish
+
+        def publish_without_waiting(*args, **kwargs):
+            kwargs.pop("confirm_timeout", None)
+            self.tracker.published += 1
+            return raw_publish(*args, **kwargs)
+
+        self.channel.basic_publish = publish_without_waiting  # confirms are collected by settle()
+        self.producer = app.amqp.Producer(self.channel, auto_declare=False)
+        queues = topology.work_queues()
+        for queue in queues:
+            self.producer.maybe_declare(queue)  # cached per connection: a no-op after the first batch
+        self.declared = {queue.name for queue in queues}
+        self.sent_events = _SentEvents()
+        self.tasks: list[tuple[int, str]] = []  # (delivery tag, task id) of every task message
+        self.not_enqueued_handlers: dict[str, Callable[[str], None]] = {}
+
+    def publish(self, body: bytes, **kwargs) -> int:
+        """Publish a ready-made message (``serializer=None``); returns its delivery tag for ``state``."""
+        self.producer.publish(body, **kwargs)
+        return self.tracker.published
+
+    def track_task(self, task_id: str) -> None:
+        """Called right after a task message was published on this batch's channel."""
+        self.tasks.append((self.tracker.published, task_id))
+
+    def state(self, tag: int) -> str | None:
+        """"acked", "nacked" (refused: a full queue), or None (not confirmed)."""
+        return self.tracker.state(tag)
+
+    def if_not_enqueued(self, task_id: str, handler: Callable[[str], None]) -> None:
+        """Call ``handler(reason)`` when the batch ends if RabbitMQ refused the task's message or did not
+        confirm it: what a caller would do at once outside a batch, where apply_async raises."""
+        self.not_enqueued_handlers[task_id] = handler
+
+    def run_not_enqueued_handlers(self, timeout: float) -> None:
+        for tag, task_id in self.tasks:
+            handler = self.not_enqueued_handlers.get(task_id)
+            state = self.state(tag)
+            if handler is None or state == "acked":
+                continue
+            reason = ("refused by RabbitMQ (queue full)" if state == "nacked"
+                      else f"not confirmed by RabbitMQ within {timeout}s")
+            try:
+                handler(reason)
+            except Exception:  # noqa: BLE001 - the batch's own error is what the caller must see
+                logger.exception("handling task %s not enqueued (%s) failed", task_id, reason)
+
+    def settle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.tracker.settled() and time.monotonic() < deadline:
+            try:
+                self.connection.drain_events(timeout=max(0.01, deadline - time.monotonic()))
+            except socket.timeout:
+                break
+
+    def send_sent_events(self) -> None:
+        self.sent_events.send(self.connection, {task_id for tag, task_id in self.tasks if self.state(tag) == "acked"})
+
+    def failure(self, timeout: float) -> BulkPublishError | None:
+        refused = [task_id for tag, task_id in self.tasks if self.state(tag) == "nacked"]
+        unconfirmed = [task_id for tag, task_id in self.tasks if self.state(tag) is None]
+        if not (refused or unconfirmed):
+            return None
+        return BulkPublishError(
+            f"{len(refused)} of {len(self.tasks)} messages refused by RabbitMQ (queue full?) and "
+            f"{len(unconfirmed)} not confirmed within {timeout}s; the others were accepted", refused, unconfirmed)
+
+    def close(self) -> None:
+        try:
+            self.channel.close()
+        except Exception:  # noqa: BLE001 - the connection may already be gone; the error that matters is raised
+            pass
+
+
+@contextmanager
+def confirmed_batch(confirm_timeout: float = 30, raise_on_failure: bool = True) -> Iterator[ConfirmedBatch]:
+    """Every task message this thread publishes inside joins one batch, confirmed when the block ends.
+
+    On leaving the block: wait for RabbitMQ's confirms, send the task-sent events of the accepted ones,
+    and raise ``BulkPublishError`` if any task message was refused or not confirmed (unless
+    ``raise_on_failure`` is False: then the caller reads ``batch.state(tag)``). An exception inside the
+    block is re-raised after what was already published has been settled.
+    """
+    # Errors are raised only after the connection is back in the pool: kombu closes a pooled connection
+    # that an exception passes through and then still returns it to the pool, closed (kombu 5.7).
+    error: BaseException | None = None
+    with app.pool.acquire(block=True) as connection:
+        batch = None
+        try:
+            batch = ConfirmedBatch(connection)
+            previous = set_active_batch(batch)
+            try:
+                yield batch
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after settling
+                error = exc
+            finally:
+                set_active_batch(previous)
+            batch.settle(confirm_timeout)
+            batch.send_sent_events()
+            batch.run_not_enqueued_handlers(confirm_timeout)
+            if error is None and raise_on_failure:
+                error = batch.failure(confirm_timeout)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the pooled connection's context
+            error = error or exc
+        finally:
+            if batch is not None:
+                batch.close()
+    if error is not None:
+        raise error
+
+
 class _Templates:
     """Messages derived from the first one Celery built, per task name, within one ``enqueue_many`` call.
 
@@ -94,18 +224,19 @@ class _Templates:
     (the same publishing span, microseconds apart). Anything else goes through Celery.
     """
 
-    def __init__(self, producer, sent_events: _SentEvents):
-        self.sent_events = sent_events
+    def __init__(self, batch: ConfirmedBatch):
+        self.batch = batch
+        self.sent_events = batch.sent_events
         self.by_task: dict[str, tuple[dict, dict, dict, bool]] = {}
         self.last_publish: tuple | None = None
-        self.publish = producer.publish
+        self.publish = batch.producer.publish
         self.repr_size = app.amqp.argsrepr_maxsize
 
         def recording_publish(body, **kwargs):
             self.last_publish = (body, kwargs)
             return self.publish(body, **kwargs)
 
-        producer.publish = recording_publish
+        batch.producer.publish = recording_publish
 
     @staticmethod
     def eligible(signature: Signature) -> bool:
@@ -137,78 +268,26 @@ class _Templates:
         headers["argsrepr"] = saferepr(args, self.repr_size)
         headers["kwargsrepr"] = saferepr(call_kwargs, self.repr_size)
         self.publish(body, **{**kwargs, "headers": headers, "correlation_id": task_id})
+        self.batch.track_task(task_id)
         self.sent_events.events.append(self.sent_events.dispatcher._prepare_event("task-sent", {
             **fields, "uuid": task_id, "root_id": headers["root_id"], "args": headers["argsrepr"],
             "kwargs": headers["kwargsrepr"]}))
         return app.tasks[signature.task].AsyncResult(task_id)
 
 
-def _routed_to_topology(signature: Signature) -> bool:
-    """True when settings route this task (no queue/exchange given by the caller): its queue is one of
-    the topology's work queues, all declared once per call, so the per-message declare can be skipped."""
-    return not ({"queue", "exchange", "routing_key", "declare"} & set(signature.options))
-
-
 def enqueue_many(signatures: Iterable[Signature], confirm_timeout: float = 30) -> list[AsyncResult]:
     """Publish every signature; return their results once RabbitMQ confirmed all of them."""
-    # Errors are raised only after the connection is back in the pool: kombu closes a pooled connection
-    # that an exception passes through and then still returns it to the pool, closed (kombu 5.7).
-    error: Exception | None = None
     results: list[AsyncResult] = []
-    with app.pool.acquire(block=True) as connection:
-        channel = connection.channel()
-        try:
-            channel.confirm_select()
-            tracker = _ConfirmTracker(channel)
-            raw_publish = channel._basic_publish
-
-            def publish_without_waiting(*args, **kwargs):
-                kwargs.pop("confirm_timeout", None)
-                tracker.published += 1
-                return raw_publish(*args, **kwargs)
-
-            channel.basic_publish = publish_without_waiting  # confirms are collected below, not one by one
-            producer = app.amqp.Producer(channel, auto_declare=False)
-            for queue in topology.work_queues():
-                producer.maybe_declare(queue)  # cached per connection: a no-op after the first call
-            sent_events = _SentEvents()
-            templates = _Templates(producer, sent_events)
-            task_tags: list[tuple[int, AsyncResult]] = []
-            for signature in signatures:
-                before = tracker.published
-                eligible = templates.eligible(signature)
-                result = templates.send(signature) if eligible else None
-                if result is None:
-                    if type(signature) is Signature:  # one task; a chain or group keeps Celery's own path
-                        options = {"event_dispatcher": sent_events}
-                        if _routed_to_topology(signature):
-                            options["declare"] = []
-                    else:
-                        options = {}
-                    result = signature.apply_async(producer=producer, **options)
-                    if eligible:
-                        templates.remember(signature, result)
-                task_tags.append((before + 1, result))  # the task message is the first publish of the call
-
-            deadline = time.monotonic() + confirm_timeout
-            while not tracker.settled() and time.monotonic() < deadline:
-                try:
-                    connection.drain_events(timeout=max(0.01, deadline - time.monotonic()))
-                except socket.timeout:
-                    break
-            refused = [r.id for tag, r in task_tags if tracker.state(tag) == "nacked"]
-            unconfirmed = [r.id for tag, r in task_tags if tracker.state(tag) is None]
-            if refused or unconfirmed:
-                error = BulkPublishError(
-                    f"{len(refused)} of {len(task_tags)} messages refused by RabbitMQ (queue full?) and "
-                    f"{len(unconfirmed)} not confirmed within {confirm_timeout}s; the others were accepted",
-                    refused, unconfirmed)
-            results = [result for _, result in task_tags]
-            sent_events.send(connection, {r.id for tag, r in task_tags if tracker.state(tag) == "acked"})
-        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the pooled connection's context
-            error = exc
-        finally:
-            channel.close()
-    if error is not None:
-        raise error
+    with confirmed_batch(confirm_timeout) as batch:
+        templates = _Templates(batch)
+        for signature in signatures:
+            eligible = templates.eligible(signature)
+            result = templates.send(signature) if eligible else None
+            if result is None:
+                # Joins the batch either way (apps/core/amqp.py); passing its producer saves a pool checkout.
+                producer = {"producer": batch.producer} if type(signature) is Signature else {}
+                result = signature.apply_async(**producer)
+                if eligible:
+                    templates.remember(signature, result)
+            results.append(result)
     return results

@@ -7,6 +7,7 @@ import kombu.exceptions
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.amqp import QueueFull
+from apps.core.bulk import BulkPublishError
 
 
 class PublishingCommand(BaseCommand):
@@ -14,6 +15,8 @@ class PublishingCommand(BaseCommand):
         try:
             return super().execute(*args, **options)
         except QueueFull as exc:
+            raise CommandError(f"{exc} (backpressure: try again in {QueueFull.retry_after_seconds}s)") from exc
+        except BulkPublishError as exc:
             raise CommandError(f"{exc} (backpressure: try again in {QueueFull.retry_after_seconds}s)") from exc
         except kombu.exceptions.OperationalError as exc:
             raise CommandError(f"RabbitMQ is not reachable, nothing was enqueued: {exc or type(exc).__name__} "

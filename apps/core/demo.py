@@ -49,11 +49,19 @@ def jobs() -> list[DemoJob]:
 
 
 def enqueue_demo(per_job: int) -> dict[str, list[str]]:
-    """Enqueue ``per_job`` units of every registered job, interleaved; return task ids by queue."""
+    """Enqueue ``per_job`` units of every registered job, interleaved; return task ids by queue.
+
+    Every task message goes into one confirmed batch (apps/core/bulk.py): confirmed together at the end,
+    not one round trip each. A refusal raises BulkPublishError then; the jobs' own services settle what
+    they stored (a dataset is FAILED "not enqueued"; a mail stays QUEUED for mail.requeue_stale).
+    """
+    from apps.core.bulk import confirmed_batch
+
     ids: dict[str, list[str]] = {}
-    for i in range(per_job):
-        for job in jobs():
-            ids.setdefault(job.queue, []).append(job.enqueue(i))
+    with confirmed_batch():
+        for i in range(per_job):
+            for job in jobs():
+                ids.setdefault(job.queue, []).append(job.enqueue(i))
     return ids
 
 

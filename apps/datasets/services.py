@@ -116,14 +116,22 @@ def reimport(dataset: Dataset) -> Dataset:
 
 def _enqueue(dataset: Dataset) -> None:
     """Publish the import; if RabbitMQ refuses it (queue full, broker down) the dataset is FAILED with the
-    reason instead of waiting QUEUED for a task that does not exist, and the caller gets the error."""
+    reason instead of waiting QUEUED for a task that does not exist, and the caller gets the error (at
+    once, or when the confirmed batch it was published in ends: apps/core/bulk.py)."""
+    from apps.core.amqp import active_batch
     from apps.datasets.tasks import start_import
+
+    def not_enqueued(reason: str) -> None:
+        _settle(dataset.pk, Status.FAILED, "not enqueued", error=f"not enqueued: {reason}")
 
     try:
         start_import.apply_async((dataset.pk,), task_id=dataset.start_task_id, **time_limits_for(dataset))
     except kombu.exceptions.OperationalError as exc:  # QueueFull is one; nothing was enqueued
-        _settle(dataset.pk, Status.FAILED, "not enqueued", error=f"not enqueued: {exc or type(exc).__name__}")
+        not_enqueued(str(exc) or type(exc).__name__)
         raise
+    batch = active_batch()
+    if batch is not None:  # in a confirmed batch (manage.py demo): refusals are known when it ends
+        batch.if_not_enqueued(dataset.start_task_id, not_enqueued)
 
 
 # --- settling a dataset exactly once -----------------------------------------------------------------
@@ -209,7 +217,8 @@ def _report(task, dataset: Dataset | int) -> None:
 
 
 def start_import(dataset_id: int, task) -> dict:
-    """Scan the file, then fan the chunks out to prefork children with a chord that merges them."""
+    """Scan the file, then fan the chunks out to prefork children with a chord that merges them (one
+    confirmed batch: apps/core/bulk.py)."""
     started = Dataset.objects.filter(pk=dataset_id, status=Status.QUEUED).update(
         status=Status.RUNNING, stage="scanning", started_at=timezone.now())
     if not started:
@@ -228,12 +237,16 @@ def start_import(dataset_id: int, task) -> dict:
 
     from celery import chord
 
+    from apps.core.bulk import confirmed_batch
     from apps.datasets.tasks import finish_import, profile_chunk
 
     limits = time_limits_for(dataset)
     header = [profile_chunk.si(dataset_id, c.index, c.offset, c.length, c.first_line).set(task_id=chunk_ids[c.index], **limits)
               for c in plan.chunks]
-    chord(header)(finish_import.s(dataset_id).set(task_id=dataset.task_id, **limits))
+    # The chunk messages are confirmed together, not one round trip each; a refused one fails the scan
+    # with BulkPublishError (the dataset is FAILED with its message).
+    with confirmed_batch():
+        chord(header)(finish_import.s(dataset_id).set(task_id=dataset.task_id, **limits))
     return {"dataset_id": dataset_id, "chunks": len(plan.chunks), "rows_estimate": plan.data_rows_estimate}
 
 

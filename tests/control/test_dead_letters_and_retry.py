@@ -181,3 +181,42 @@ def test_housekeeping_tasks_run_on_the_io_worker(io_worker, broker_url):
     assert drain_dead_letters.delay().get(timeout=60) >= 1
     assert DeadLetter.objects.get(task_id=task_id).reason == "unknown"
     assert sweep_lost.delay().get(timeout=60) == 0
+
+
+def test_replay_is_one_confirmed_batch_and_a_refused_letter_stays_stored_with_the_reason(broker_url):
+    # Letters go back, alternately, to a bounded queue already over its bound (no consumer) and to an open
+    # one. Quorum queues enforce the bound approximately (the first publishes over it may be accepted),
+    # so the test checks that what RabbitMQ refused, and only that, stays stored.
+    from kombu import Connection, Exchange, Queue
+
+    def quorum(name, **arguments):
+        return Queue(name, Exchange(name, type="direct"), routing_key=name,
+                     queue_arguments={"x-queue-type": "quorum", **arguments})
+
+    full = quorum("replay-test-full", **{"x-max-length": 3, "x-overflow": "reject-publish"})
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        quorum("replay-test-open")(connection.default_channel).declare()
+        full(connection.default_channel).declare()
+        producer = connection.Producer()
+        for _ in range(4):  # one over the bound: the queue now refuses publishes from any new channel
+            producer.publish(b"{}", exchange="replay-test-full", routing_key="replay-test-full")
+    letters = {"replay-test-full": [], "replay-test-open": []}
+    for i in range(60):
+        queue = "replay-test-full" if i % 2 else "replay-test-open"
+        task_id, headers, body = celery_message("tests.io.echo", args=(f"replayed-{i}",))
+        letters[queue].append(DeadLetter.objects.create(
+            fingerprint=f"replay-test-{i}", dead_letter_queue=f"{queue}.dead", queue=queue, reason="exception",
+            task_id=task_id, task_name="tests.io.echo", exchange=queue, routing_key=queue, headers=headers,
+            properties={"content_type": "application/json"}, body=body))
+
+    outcome = services.replay_dead_letters([*letters["replay-test-full"], *letters["replay-test-open"]])
+
+    refused = {s["id"] for s in outcome["skipped"]}
+    assert refused and refused <= {letter.id for letter in letters["replay-test-full"]}
+    assert all(s["reason"].startswith("refused by RabbitMQ: queue replay-test-full is full") for s in outcome["skipped"])
+    assert {letter.id for letter in letters["replay-test-open"]} <= set(outcome["replayed"])
+    assert len(outcome["replayed"]) + len(refused) == 60
+    assert rabbit.queue_message_count(broker_url, "replay-test-open") == 30
+    assert rabbit.queue_message_count(broker_url, "replay-test-full") == 4 + 30 - len(refused)
+    assert not DeadLetter.objects.filter(pk__in=refused, replayed_at__isnull=False).exists()  # replay them later
+    assert DeadLetter.objects.filter(pk__in=outcome["replayed"], replayed_at__isnull=False).count() == 60 - len(refused)

@@ -6,6 +6,7 @@ from apps.control.models import TaskRecord
 from tests.control.conftest import wait_state
 from tests.support.control_tasks import cpu_steps, io_secret
 from tests.support.tasks import io_echo, io_flaky
+from tests.support.workers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,3 +68,18 @@ def test_a_user_sees_only_their_own_tasks(recorder, io_worker, member_api, membe
     assert listed == [mine.id]
     assert member_api.get(f"/api/v1/tasks/{other.id}/").status_code == 404
     assert TaskRecord.objects.get(task_id=mine.id).owner == member
+
+
+def test_tasks_enqueued_in_a_confirmed_batch_are_queued_in_the_ledger(recorder):
+    # Their task-sent events leave as one "task.multi" message when the batch ends; sent_at and the queue
+    # come only from task-sent (a worker of an earlier test may already be running them).
+    from apps.core.bulk import confirmed_batch, enqueue_many
+
+    with confirmed_batch():
+        single = io_echo.delay("in a batch")
+    derived = enqueue_many(io_echo.s(f"bulk-{i}") for i in range(3))  # the last two from a template
+    for result in (single, *derived):
+        record = wait_for(lambda: TaskRecord.objects.filter(task_id=result.id, sent_at__isnull=False).first(),
+                          timeout=45, message=f"the task-sent event of {result.id}")
+        assert record.name == "tests.io.echo" and record.queue == "ops_trace"
+    assert TaskRecord.objects.get(task_id=derived[2].id).call == {"args": ["bulk-2"], "kwargs": {}}

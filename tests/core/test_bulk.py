@@ -74,3 +74,55 @@ def test_a_derived_message_over_the_size_limit_is_refused_before_it_is_published
     too_big = "x" * (settings.PLATFORM_MAX_MESSAGE_BYTES + 1)
     with pytest.raises(MessageTooLarge, match="over the limit"):
         enqueue_many([io_mark.s("/dev/null", "small"), io_mark.s("/dev/null", too_big)])
+
+
+def test_task_messages_sent_inside_a_confirmed_batch_join_it_groups_and_chords_included(io_worker, effects):
+    from celery import chord, group
+
+    from apps.core.bulk import confirmed_batch
+
+    with confirmed_batch() as batch:
+        single = io_mark.delay(effects.path, "single")
+        grouped = group(io_mark.s(effects.path, f"group-{i}") for i in range(5)).apply_async()
+        chorded = chord([io_echo.s(f"part-{i}") for i in range(3)])(io_echo.s())
+        assert batch.tasks, "the messages went on the batch's channel"
+    sent = {task_id for _, task_id in batch.tasks}
+    assert {single.id, *(r.id for r in grouped.results), *(r.id for r in chorded.parent.results)} == sent
+    assert all(batch.state(tag) == "acked" for tag, _ in batch.tasks)  # all confirmed when the block ended
+    wait_for(lambda: len(effects.lines()) == 6, timeout=60, message="the single and group tasks to run")
+    assert [part["value"] for part in chorded.get(timeout=60)["value"]] == ["part-0", "part-1", "part-2"]
+
+
+def test_a_refusal_inside_a_confirmed_batch_is_raised_when_it_ends_naming_the_task(broker_url):
+    from kombu import Connection
+
+    from apps.core.bulk import confirmed_batch
+
+    tiny = Queue("batch-test-tiny", Exchange("batch-test-tiny", type="direct"), routing_key="batch-test-tiny",
+                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 3, "x-overflow": "reject-publish"})
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        tiny(connection.default_channel).declare()
+        for _ in range(4):  # one over the bound: publishes from any new channel are refused
+            connection.Producer().publish(b"{}", exchange="batch-test-tiny", routing_key="batch-test-tiny")
+    ids = []
+    with pytest.raises(BulkPublishError, match=r"\d+ of 10 messages refused by RabbitMQ") as refused:
+        with confirmed_batch():
+            for i in range(10):  # no QueueFull here: the nacks are read when the batch ends
+                ids.append(io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="batch-test-tiny",
+                                               routing_key="batch-test-tiny").id)
+    accepted = rabbit.queue_message_count(broker_url, "batch-test-tiny") - 4
+    assert refused.value.refused and set(refused.value.refused) <= set(ids)
+    assert len(refused.value.refused) == 10 - accepted and refused.value.unconfirmed == []
+
+
+def test_an_error_inside_a_confirmed_batch_propagates_after_what_was_published_is_settled(io_worker, effects):
+    from apps.core.bulk import confirmed_batch
+
+    with pytest.raises(ZeroDivisionError):
+        with confirmed_batch() as batch:
+            io_mark.delay(effects.path, "before the error")
+            1 / 0
+    assert [batch.state(tag) for tag, _ in batch.tasks] == ["acked"]
+    wait_for(lambda: len(effects.lines()) == 1, timeout=60, message="the task published before the error")
+    # Outside a batch, apply_async waits for its own confirm again; the pooled connection still works.
+    assert io_echo.delay("after").get(timeout=60)["value"] == "after"
