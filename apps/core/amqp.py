@@ -58,6 +58,29 @@ def active_batch():
     return getattr(_publishing, "batch", None)
 
 
+def queue_full_error(exc: Exception, name: str, task_id: str | None, queue: str | None) -> QueueFull | None:
+    """The ``QueueFull`` to raise for ``exc`` when it is RabbitMQ's nack of a publish, else None."""
+    # kombu re-raises the broker's nack as an OperationalError with an empty message.
+    if not isinstance(exc, MessageNacked) and not isinstance(exc.__cause__ or exc.__context__, MessageNacked):
+        return None
+    lane = LANES_BY_NAME.get(queue)
+    bound = f" (bound: {lane.max_length} messages)" if lane else ""
+    return QueueFull(f"RabbitMQ refused task {name}[{task_id}]: queue {queue} is full{bound}; "
+                     "nothing was enqueued, retry later")
+
+
+def take_recorder():
+    """The template recorder apps/core/single.py left for this thread's next task message, if any (once)."""
+    recorder = getattr(_publishing, "recorder", None)
+    if recorder is not None:
+        _publishing.recorder = None
+    return recorder
+
+
+def set_recorder(recorder) -> None:
+    _publishing.recorder = recorder
+
+
 def set_active_batch(batch):
     """Make ``batch`` the active one for this thread; returns the one it replaces."""
     previous = active_batch()
@@ -113,19 +136,22 @@ class PlatformAMQP(AMQP):
                 kwargs["exchange_type"] = "topic"
                 kwargs["declare"] = []  # the delay levels are declared above; nothing else to declare
 
+            recorder = take_recorder()  # apps/core/single.py: keep this call's message as a template
             try:
-                sent = send(producer, name, message, exchange=exchange, routing_key=routing_key, queue=queue, **kwargs)
+                if recorder is not None and batch is None and delay < delays.MIN_DELAY_SECONDS:
+                    sent = recorder(send, producer, name, message, exchange=exchange, routing_key=routing_key,
+                                    queue=queue, **kwargs)
+                else:
+                    sent = send(producer, name, message, exchange=exchange, routing_key=routing_key, queue=queue,
+                                **kwargs)
                 if batch is not None:
                     batch.track_task(headers["id"])
                 return sent
             except (MessageNacked, kombu.exceptions.OperationalError) as exc:
-                # kombu re-raises the broker's nack as an OperationalError with an empty message.
-                if not isinstance(exc, MessageNacked) and not isinstance(exc.__cause__ or exc.__context__, MessageNacked):
+                full = queue_full_error(exc, name, headers.get("id"), queue.name if hasattr(queue, "name") else
+                                        queue or routing_key)
+                if full is None:
                     raise
-                target = queue.name if hasattr(queue, "name") else queue or routing_key
-                lane = LANES_BY_NAME.get(target)
-                bound = f" (bound: {lane.max_length} messages)" if lane else ""
-                raise QueueFull(f"RabbitMQ refused task {name}[{headers.get('id')}]: queue {target} is full{bound}; "
-                                "nothing was enqueued, retry later") from exc
+                raise full from exc
 
         return send_task_message

@@ -17,6 +17,9 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django import db
 from django.conf import settings
+from kombu.utils.objects import cached_property
+
+from apps.core import single
 
 # Errors worth retrying: the world was briefly unavailable. Anything else is a bug or bad input, and
 # retrying it only delays the FAILURE an operator needs to see.
@@ -68,6 +71,23 @@ class PlatformTask(Task):
     retry_backoff_max = settings.PLATFORM_TASK_RETRY_BACKOFF_MAX
     retry_jitter = True  # spread retries so a recovered service is not hit by all of them at once
     max_retries = settings.PLATFORM_TASK_MAX_RETRIES
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None, link_error=None,
+                    shadow=None, **options):
+        """A plain call (arguments only) is sent from a per-process message template (apps/core/single.py)."""
+        def celery_apply_async():
+            return super(PlatformTask, self).apply_async(args, kwargs, task_id, producer, link, link_error, shadow,
+                                                         **options)
+
+        if options or producer or link or link_error or shadow or not self._plain_message_template_ok:
+            return celery_apply_async()
+        return single.apply_async(self, args, kwargs, task_id, celery_apply_async)
+
+    @cached_property
+    def _plain_message_template_ok(self) -> bool:
+        """Whether every plain call of this task makes the same message but for id and arguments."""
+        return (type(self).shadow_name is Task.shadow_name and self._dump_pydantic_arguments is None
+                and not self.expires and not getattr(self, "countdown", None) and self.app.conf.task_protocol == 2)
 
     def effective_time_limits(self) -> tuple[float | None, float | None]:
         """(soft, hard) as Celery would apply them: per call, else per task, else the app default."""

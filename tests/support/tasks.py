@@ -127,3 +127,16 @@ def io_effect(directory: str, key: str, seconds: float = 0.0, touch_db: bool = F
         TaskResult.objects.exists()  # a real query: fails while the database is unreachable
     time.sleep(seconds)
     apply_effect_once(directory, key)
+
+
+@shared_task(name="tests.io.lineage", bind=True)
+def io_lineage(self, value):
+    """Where this call sits in its task tree, and a header a publish-signal receiver may have added."""
+    return {"value": value, "id": self.request.id, "parent_id": self.request.parent_id,
+            "root_id": self.request.root_id, "probe": self.request.get("x-test-probe")}
+
+
+@shared_task(name="tests.io.spawn", bind=True)
+def io_spawn(self, count: int):
+    """Plain calls from inside a running task: they must carry this task as parent and root."""
+    return [io_lineage.delay(f"child-{i}").id for i in range(count)]

@@ -1,0 +1,154 @@
+"""A single ``apply_async`` without Celery's per-message build: messages derived from a per-process template.
+
+Profiled (docs/benchmarks.md), one ``apply_async`` spent about as long in Celery's client-side work as in
+the broker round trip: option merging, routing, building the protocol-2 message (``as_task_v2``),
+layered configuration lookups. For a plain call (arguments only: no options, links, producer or shadow;
+not from inside a task; no default ``expires``/``countdown``) all of that yields the same message every
+time except for the id, the arguments and their reprs. So the first plain call of each task in a process
+goes through Celery, and the message it published (the keyword arguments kombu's ``publish`` got, the
+body's embed, the task-sent event) becomes that task's template; later plain calls copy it with their own
+id, root id, arguments, reprs, body and ``reply_to``, and publish it the same way:
+
+* on a pooled producer, with publisher confirms, the same retry policy and queue declaration;
+* the size guard on every body; a broker nack raises ``QueueFull`` as on Celery's path;
+* ``before_task_publish`` / ``after_task_publish`` are sent when anything listens (tracing does: its
+  publish span and trace context are per call), and the ``task-sent`` event the ledger needs;
+* argument checking (``task.typing``) as Celery does it.
+
+Anything else (options, a canvas, a call from a running task, eager mode, a confirmed batch) takes
+Celery's own path. Templates are per process (cleared in forked children: the ``origin`` header names
+the process).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+
+from celery import signals
+from celery.utils.saferepr import saferepr
+from kombu import Producer
+from kombu.serialization import dumps, loads
+from kombu.utils.uuid import uuid
+
+from apps.core.amqp import active_batch, check_message_size, queue_full_error, set_recorder
+from apps.core.events import SentEventBuffer
+
+PLAIN_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@dataclass(frozen=True)
+class Template:
+    publish_kwargs: dict  # what kombu's Producer.publish got, headers and properties included
+    serializer: str
+    sent_event: dict | None  # task-sent fields (queue, exchange, routing key...), None when not sent
+    ignore_result: bool
+    declared: frozenset  # kombu's cache keys of the queues publish declares, once per connection
+    repr_size: int  # Celery's argsrepr_maxsize
+
+
+_templates: dict[str, Template] = {}
+os.register_at_fork(after_in_child=_templates.clear)
+sent_events = SentEventBuffer()
+
+
+def _record_template(app, send, producer, name, message, **kwargs):
+    """Publish through Celery (``send``), keeping what kombu was asked to publish as ``name``'s template."""
+    published = {}
+    original = producer.publish
+
+    def recording_publish(body, **publish_kwargs):
+        published.update(publish_kwargs)
+        return original(body, **publish_kwargs)
+
+    producer.publish = recording_publish
+    try:
+        sent = send(producer, name, message, **kwargs)
+    finally:
+        del producer.publish  # back to the class's method
+    headers = published.get("headers") or {}
+    if (headers.get("id") == message.headers.get("id") and headers.get("root_id") == headers.get("id")
+            and not headers.get("parent_id") and not headers.get("eta") and not headers.get("expires")
+            and not headers.get("group") and "expiration" not in published
+            and loads(message.body, published["content_type"], published["content_encoding"])[2] == PLAIN_EMBED):
+        _templates[name] = Template(
+            publish_kwargs={k: v for k, v in published.items() if k not in ("correlation_id", "reply_to")},
+            serializer=published["content_type"].split("/")[-1],
+            sent_event=dict(message.sent_event) if message.sent_event else None,
+            ignore_result=bool(headers.get("ignore_result")),
+            declared=frozenset(hash(entity) for entity in published.get("declare") or ()),
+            repr_size=app.amqp.argsrepr_maxsize)
+    return sent
+
+
+def apply_async(task, args, kwargs, task_id, celery_apply_async):
+    """Send a plain call of ``task`` from its template, or through ``celery_apply_async`` (recording one)."""
+    app = task._get_app()
+    template = _templates.get(task.name)
+    if active_batch() is not None or app.current_worker_task is not None:
+        return celery_apply_async()
+    if template is None:  # also always in eager mode: nothing is published there, so nothing is recorded
+        set_recorder(partial(_record_template, app))
+        try:
+            return celery_apply_async()
+        finally:
+            set_recorder(None)  # not used when Celery published nothing (or published on a delay path)
+    if task.typing:
+        task.__header__(*(args or ()), **(kwargs or {}))  # TypeError for a wrong call, as Celery raises
+    return _send_from_template(app, task, template, tuple(args or ()), dict(kwargs or {}), task_id or uuid())
+
+
+def _task_producer(connection) -> Producer:
+    """A producer kept on a pooled connection (one holder at a time), made again after a reconnect.
+
+    Celery's producer pool re-binds its producer's exchange on every checkout (a third of the client
+    time of a templated call in the profile)."""
+    producer = getattr(connection, "_platform_task_producer", None)
+    if producer is None or producer.channel.connection is not connection.connection:
+        producer = Producer(connection.default_channel, auto_declare=False)
+        connection._platform_task_producer = producer
+    return producer
+
+
+def _send_from_template(app, task, template: Template, args: tuple, kwargs: dict, task_id: str):
+    content_type, content_encoding, body = dumps((args, kwargs, PLAIN_EMBED), template.serializer)
+    check_message_size(task.name, body)
+    publish_kwargs = template.publish_kwargs
+    headers = {**publish_kwargs["headers"], "id": task_id, "root_id": task_id,
+               "argsrepr": saferepr(args, template.repr_size) if args else "()",
+               "kwargsrepr": saferepr(kwargs, template.repr_size) if kwargs else "{}"}
+    exchange, routing_key = publish_kwargs["exchange"], publish_kwargs["routing_key"]
+    reply_to = app.thread_oid
+    if signals.before_task_publish.receivers:
+        signals.before_task_publish.send(
+            sender=task.name, body=body, exchange=exchange, routing_key=routing_key,
+            declare=publish_kwargs.get("declare"), headers=headers,
+            properties={"correlation_id": task_id, "reply_to": reply_to},
+            retry_policy=publish_kwargs.get("retry_policy"))
+    with app.pool.acquire(block=True) as connection:
+        with connection._reraise_as_library_errors():
+            producer = _task_producer(connection)
+            send_kwargs = {**publish_kwargs, "headers": headers, "correlation_id": task_id, "reply_to": reply_to}
+            if template.declared <= connection.declared_entities:
+                send_kwargs["declare"] = []  # declared on this connection already: skip kombu's per-call check
+            try:
+                try:  # kombu's retry wrapper costs on every call: used only once the connection failed
+                    producer.publish(body, **{**send_kwargs, "retry": False})
+                except connection.recoverable_connection_errors + connection.recoverable_channel_errors:
+                    if not send_kwargs.get("retry"):
+                        raise
+                    producer.publish(body, **send_kwargs)  # reconnects and retries as the policy says
+            except Exception as exc:
+                full = queue_full_error(exc, task.name, task_id, routing_key)
+                if full is None:
+                    raise
+                raise full from exc
+    if signals.after_task_publish.receivers:
+        signals.after_task_publish.send(sender=task.name, body=body, headers=headers, exchange=exchange,
+                                        routing_key=routing_key)
+    if template.sent_event is not None:  # after the confirm, in the background, with others
+        sent_events.add(app, {**template.sent_event, "uuid": task_id, "root_id": task_id,
+                              "args": headers["argsrepr"], "kwargs": headers["kwargsrepr"]})
+    result = task.AsyncResult(task_id)
+    result.ignored = template.ignore_result
+    return result

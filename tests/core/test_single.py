@@ -1,0 +1,91 @@
+"""A plain apply_async after the first of its task is sent from a per-process template (apps/core/single.py):
+same message as Celery builds but for what is per call; checked through the broker and a real worker."""
+import json
+
+import pytest
+from celery import signals
+from django_celery_results.models import TaskResult
+from kombu import Connection
+
+from apps.core import single
+from apps.core.amqp import MessageTooLarge, QueueFull
+from project import topology
+from project.celery import app
+from tests.support import rabbit
+from tests.support.tasks import io_lineage, io_spawn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def fresh_template():
+    single._templates.pop(io_lineage.name, None)
+    yield
+    single._templates.pop(io_lineage.name, None)
+
+
+def test_plain_calls_after_the_first_carry_their_own_id_arguments_reprs_and_lineage(io_worker, fresh_template):
+    first = io_lineage.delay("first")  # through Celery; its message becomes the template
+    assert io_lineage.name in single._templates
+    derived = [io_lineage.delay(f"value-{i}") for i in range(5)] + [io_lineage.apply_async(kwargs={"value": "kw"})]
+    for result, value in zip([first, *derived], ["first", *(f"value-{i}" for i in range(5)), "kw"]):
+        ran = result.get(timeout=60)
+        assert ran["value"] == value and ran["id"] == result.id
+        assert ran["parent_id"] is None and ran["root_id"] == result.id  # its own root, like Celery's
+    rows = {row.task_id: row for row in TaskResult.objects.filter(task_id__in=[r.id for r in derived])}
+    assert json.loads(rows[derived[0].id].task_args) == repr(("value-0",))  # its own argsrepr
+    assert json.loads(rows[derived[-1].id].task_kwargs) == repr({"value": "kw"})
+
+
+def test_plain_calls_from_a_running_task_take_celerys_path_and_keep_their_parent(io_worker, fresh_template):
+    io_lineage.delay("template").get(timeout=60)  # a template exists; calls from inside a task must not use it
+    spawn = io_spawn.delay(3)
+    for child_id in spawn.get(timeout=60):
+        ran = io_lineage.AsyncResult(child_id).get(timeout=60)
+        assert ran["parent_id"] == spawn.id and ran["root_id"] == spawn.id
+
+
+def test_publish_signal_receivers_see_and_change_each_derived_message(io_worker, fresh_template):
+    # Tracing stamps headers in before_task_publish: what a receiver adds must reach the worker.
+    seen = []
+
+    def stamp(headers=None, **kwargs):
+        seen.append(headers["id"])
+        headers["x-test-probe"] = f"stamped {headers['id']}"
+
+    signals.before_task_publish.connect(stamp, weak=False)
+    try:
+        results = [io_lineage.delay(f"v{i}") for i in range(3)]
+    finally:
+        signals.before_task_publish.disconnect(stamp)
+    assert seen == [r.id for r in results]
+    assert [r.get(timeout=60)["probe"] for r in results] == [f"stamped {r.id}" for r in results]
+
+
+def test_a_derived_call_is_checked_like_celerys_wrong_arguments_and_size(settings, fresh_template):
+    io_lineage.delay("template")
+    with pytest.raises(TypeError):
+        io_lineage.delay()  # missing "value": refused before anything is published
+    with pytest.raises(MessageTooLarge, match="over the limit"):
+        io_lineage.delay("x" * (settings.PLATFORM_MAX_MESSAGE_BYTES + 1))
+
+
+def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh_template):
+    io_lineage.delay("template")  # the template is made against the normal broker
+    vhost = rabbit.create_vhost("platform-test-single-full")
+    url = rabbit.vhost_url(vhost)
+    saved = app.conf.broker_url
+    try:
+        rabbit.rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10", "test-full",
+                           "^ops_trace$", '{"max-length": 0, "overflow": "reject-publish"}')
+        with Connection(url) as conn:
+            for queue in topology.work_queues():
+                queue(conn.channel()).declare()
+        rabbit.publish_raw(url, "ops_trace", "ops_trace", b"[[], {}, {}]", headers={"task": "filler", "id": "fill"})
+        app.conf.broker_url, app._pool, app.amqp._producer_pool = url, None, None
+        with pytest.raises(QueueFull, match=r"tests.io.lineage\[.*\]: queue ops_trace is full"):
+            io_lineage.delay("refused")
+        assert rabbit.queue_message_count(url, "ops_trace") == 1  # only the filler
+    finally:
+        app.conf.broker_url, app._pool, app.amqp._producer_pool = saved, None, None
+        rabbit.delete_vhost(vhost)
