@@ -241,7 +241,14 @@ def replay_one(letter_id: int, actor=None) -> dict:
     if letter.task_name not in deadletters.registered_tasks():
         raise Conflict(f"dead letter {letter_id} is for task {letter.task_name!r}, which no longer exists in this "
                        "project; nothing was published (purge it instead)")
-    return replay_dead_letters([letter], actor)
+    outcome = replay_dead_letters([letter], actor)
+    for skipped in outcome["skipped"]:  # one letter: RabbitMQ refused it, or did not confirm it in time
+        from apps.core.amqp import QueueFull
+
+        if skipped["reason"].startswith("refused by RabbitMQ"):
+            raise QueueFull(f"dead letter {letter_id} not replayed: {skipped['reason']}")
+        raise Unavailable(f"dead letter {letter_id}: {skipped['reason']}")
+    return outcome
 
 
 def purge_dead_letters(letters_qs, actor=None, filters: dict | None = None) -> int:

@@ -36,8 +36,9 @@ def _without_confirms(channel):
 def event_producer(connection) -> Producer:
     """A producer on a confirm-less channel of ``connection``, kept on the connection (pooled connections
     are used by one holder at a time) and made again after a reconnect."""
+    live = connection.default_channel.connection  # reconnects a pooled connection kombu closed after an error
     producer = getattr(connection, "_platform_event_producer", None)
-    if producer is None or producer.channel.connection is not connection.connection:
+    if producer is None or producer.channel.connection is not live:
         producer = Producer(_without_confirms(connection.channel()), auto_declare=False)
         connection._platform_event_producer = producer
     return producer

@@ -220,3 +220,14 @@ def test_replay_is_one_confirmed_batch_and_a_refused_letter_stays_stored_with_th
     assert rabbit.queue_message_count(broker_url, "replay-test-full") == 4 + 30 - len(refused)
     assert not DeadLetter.objects.filter(pk__in=refused, replayed_at__isnull=False).exists()  # replay them later
     assert DeadLetter.objects.filter(pk__in=outcome["replayed"], replayed_at__isnull=False).count() == 60 - len(refused)
+
+    # One letter (the API's single replay): the refusal is a QueueFull (HTTP 429); the command exits 1.
+    from django.core.management.base import CommandError
+
+    from apps.core.amqp import QueueFull
+
+    with pytest.raises(QueueFull, match="not replayed: refused by RabbitMQ: queue replay-test-full is full"):
+        services.replay_one(sorted(refused)[0])
+    with pytest.raises(CommandError, match=r"dead letter\(s\) not replayed: RabbitMQ refused them"):
+        call_command("dlq", "replay", "--queue", "replay-test-full")
+    assert not DeadLetter.objects.filter(pk__in=refused, replayed_at__isnull=False).exists()

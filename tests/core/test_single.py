@@ -89,3 +89,18 @@ def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh
     finally:
         app.conf.broker_url, app._pool, app.amqp._producer_pool = saved, None, None
         rabbit.delete_vhost(vhost)
+
+
+def test_a_derived_call_after_a_refusal_on_celerys_path_still_publishes(io_worker, fresh_template):
+    # kombu closes a pooled connection an exception passed through; the kept producer must not outlive it.
+    from kombu import Exchange, Queue
+
+    from tests.support.tasks import io_mark
+
+    io_lineage.delay("template").get(timeout=60)
+    tiny = Queue("single-tiny", Exchange("single-tiny", type="direct"), routing_key="single-tiny",
+                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
+    with pytest.raises(QueueFull):
+        for i in range(5):
+            io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="single-tiny", routing_key="single-tiny")
+    assert io_lineage.delay("after").get(timeout=60)["value"] == "after"
