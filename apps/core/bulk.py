@@ -27,12 +27,12 @@ from contextlib import contextmanager
 
 from celery import Signature
 from celery.result import AsyncResult
-from celery.utils.saferepr import saferepr
-from kombu.serialization import dumps, loads
+from kombu.serialization import loads
 from kombu.utils.uuid import uuid
 
-from apps.core.amqp import check_message_size, set_active_batch
+from apps.core.amqp import set_active_batch
 from apps.core.events import event_producer
+from apps.core.single import derive_message, sent_event_for
 from project import topology
 from project.celery import app
 
@@ -258,20 +258,12 @@ class _Templates:
             return None
         kwargs, embed, fields, own_root = template
         task_id = uuid()
-        args, call_kwargs = tuple(signature.args), dict(signature.kwargs)
-        content_type, content_encoding, body = dumps((args, call_kwargs, embed), kwargs["content_type"].split("/")[-1])
-        check_message_size(signature.task, body)
-        headers = dict(kwargs["headers"])
-        headers["id"] = task_id
-        if own_root:
-            headers["root_id"] = task_id
-        headers["argsrepr"] = saferepr(args, self.repr_size)
-        headers["kwargsrepr"] = saferepr(call_kwargs, self.repr_size)
+        body, headers = derive_message(signature.task, kwargs["headers"], kwargs["content_type"].split("/")[-1], embed,
+                                       self.repr_size, tuple(signature.args), dict(signature.kwargs), task_id, own_root)
         self.publish(body, **{**kwargs, "headers": headers, "correlation_id": task_id})
         self.batch.track_task(task_id)
-        self.sent_events.events.append(self.sent_events.dispatcher._prepare_event("task-sent", {
-            **fields, "uuid": task_id, "root_id": headers["root_id"], "args": headers["argsrepr"],
-            "kwargs": headers["kwargsrepr"]}))
+        self.sent_events.events.append(
+            self.sent_events.dispatcher._prepare_event("task-sent", sent_event_for(fields, headers)))
         return app.tasks[signature.task].AsyncResult(task_id)
 
 

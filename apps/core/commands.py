@@ -14,9 +14,7 @@ class PublishingCommand(BaseCommand):
     def execute(self, *args, **options):
         try:
             return super().execute(*args, **options)
-        except QueueFull as exc:
-            raise CommandError(f"{exc} (backpressure: try again in {QueueFull.retry_after_seconds}s)") from exc
-        except BulkPublishError as exc:
+        except (QueueFull, BulkPublishError) as exc:
             raise CommandError(f"{exc} (backpressure: try again in {QueueFull.retry_after_seconds}s)") from exc
         except kombu.exceptions.OperationalError as exc:
             raise CommandError(f"RabbitMQ is not reachable, nothing was enqueued: {exc or type(exc).__name__} "

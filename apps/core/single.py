@@ -84,9 +84,9 @@ def _record_template(app, send, producer, name, message, **kwargs):
 def apply_async(task, args, kwargs, task_id, celery_apply_async):
     """Send a plain call of ``task`` from its template, or through ``celery_apply_async`` (recording one)."""
     app = task._get_app()
-    template = _templates.get(task.name)
     if active_batch() is not None or app.current_worker_task is not None:
         return celery_apply_async()
+    template = _templates.get(task.name)
     if template is None:  # also always in eager mode: nothing is published there, so nothing is recorded
         set_recorder(partial(_record_template, app))
         try:
@@ -111,13 +111,29 @@ def _task_producer(connection) -> Producer:
     return producer
 
 
+def derive_message(name: str, template_headers: dict, serializer: str, embed: dict, repr_size: int, args: tuple,
+                   kwargs: dict, task_id: str, own_root: bool = True) -> tuple[str, dict]:
+    """Body and headers of a call copied from a template message (here and in bulk enqueue): this call's
+    id (and root id when the template was its own root), arguments and their reprs; the size guard applies."""
+    body = dumps((args, kwargs, embed), serializer)[2]
+    check_message_size(name, body)
+    headers = {**template_headers, "id": task_id, "argsrepr": saferepr(args, repr_size) if args else "()",
+               "kwargsrepr": saferepr(kwargs, repr_size) if kwargs else "{}"}
+    if own_root:
+        headers["root_id"] = task_id
+    return body, headers
+
+
+def sent_event_for(template_fields: dict, headers: dict) -> dict:
+    """The task-sent event fields of a derived message."""
+    return {**template_fields, "uuid": headers["id"], "root_id": headers["root_id"], "args": headers["argsrepr"],
+            "kwargs": headers["kwargsrepr"]}
+
+
 def _send_from_template(app, task, template: Template, args: tuple, kwargs: dict, task_id: str):
-    content_type, content_encoding, body = dumps((args, kwargs, PLAIN_EMBED), template.serializer)
-    check_message_size(task.name, body)
     publish_kwargs = template.publish_kwargs
-    headers = {**publish_kwargs["headers"], "id": task_id, "root_id": task_id,
-               "argsrepr": saferepr(args, template.repr_size) if args else "()",
-               "kwargsrepr": saferepr(kwargs, template.repr_size) if kwargs else "{}"}
+    body, headers = derive_message(task.name, publish_kwargs["headers"], template.serializer, PLAIN_EMBED,
+                                   template.repr_size, args, kwargs, task_id)
     exchange, routing_key = publish_kwargs["exchange"], publish_kwargs["routing_key"]
     reply_to = app.thread_oid
     if signals.before_task_publish.receivers:
@@ -148,8 +164,7 @@ def _send_from_template(app, task, template: Template, args: tuple, kwargs: dict
         signals.after_task_publish.send(sender=task.name, body=body, headers=headers, exchange=exchange,
                                         routing_key=routing_key)
     if template.sent_event is not None:  # after the confirm, in the background, with others
-        sent_events.add(app, {**template.sent_event, "uuid": task_id, "root_id": task_id,
-                              "args": headers["argsrepr"], "kwargs": headers["kwargsrepr"]})
+        sent_events.add(app, sent_event_for(template.sent_event, headers))
     result = task.AsyncResult(task_id)
     result.ignored = template.ignore_result
     return result
