@@ -187,19 +187,11 @@ def test_replay_is_one_confirmed_batch_and_a_refused_letter_stays_stored_with_th
     # Letters go back, alternately, to a bounded queue already over its bound (no consumer) and to an open
     # one. Quorum queues enforce the bound approximately (the first publishes over it may be accepted),
     # so the test checks that what RabbitMQ refused, and only that, stays stored.
-    from kombu import Connection, Exchange, Queue
+    from kombu import Connection
 
-    def quorum(name, **arguments):
-        return Queue(name, Exchange(name, type="direct"), routing_key=name,
-                     queue_arguments={"x-queue-type": "quorum", **arguments})
-
-    full = quorum("replay-test-full", **{"x-max-length": 3, "x-overflow": "reject-publish"})
-    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
-        quorum("replay-test-open")(connection.default_channel).declare()
-        full(connection.default_channel).declare()
-        producer = connection.Producer()
-        for _ in range(4):  # one over the bound: the queue now refuses publishes from any new channel
-            producer.publish(b"{}", exchange="replay-test-full", routing_key="replay-test-full")
+    with Connection(broker_url) as connection:
+        rabbit.quorum_queue("replay-test-open")(connection.default_channel).declare()
+    rabbit.declare_over_bound(broker_url, rabbit.quorum_queue("replay-test-full", max_length=3))  # 4 messages
     letters = {"replay-test-full": [], "replay-test-open": []}
     for i in range(60):
         queue = "replay-test-full" if i % 2 else "replay-test-open"

@@ -2,7 +2,6 @@
 import time
 
 import pytest
-from kombu import Exchange, Queue
 
 from apps.core.amqp import QueueFull
 from tests.support import rabbit
@@ -12,9 +11,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_publishing_to_a_full_queue_fails_fast_with_a_clear_error(broker_url):
-    tiny = Queue("bp-tiny", Exchange("bp-tiny", type="direct"), routing_key="bp-tiny",
-                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 3, "x-overflow": "reject-publish"})
-    send = lambda i: io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="bp-tiny", routing_key="bp-tiny")  # noqa: E731
+    tiny = rabbit.quorum_queue("bp-tiny", max_length=3)
+    send = lambda i: io_mark.apply_async(("/dev/null", str(i)), **rabbit.routed_to(tiny))  # noqa: E731
     accepted, refused = [], []
     for i in range(10):
         started = time.monotonic()
@@ -30,9 +28,8 @@ def test_publishing_to_a_full_queue_fails_fast_with_a_clear_error(broker_url):
 
 
 def test_publishing_recovers_after_a_refusal(io_worker, broker_url):
-    tiny = Queue("bp-tiny-2", Exchange("bp-tiny-2", type="direct"), routing_key="bp-tiny-2",
-                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
+    tiny = rabbit.quorum_queue("bp-tiny-2", max_length=1)
     with pytest.raises(QueueFull):
         for i in range(5):
-            io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="bp-tiny-2", routing_key="bp-tiny-2")
+            io_mark.apply_async(("/dev/null", str(i)), **rabbit.routed_to(tiny))
     assert io_echo.delay("after a refusal").get(timeout=30)["value"] == "after a refusal"

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-from kombu import Exchange, Queue
 
 from apps.core.bulk import BulkPublishError, enqueue_many
 from tests.support import rabbit
@@ -22,10 +21,8 @@ def test_enqueue_many_confirms_every_message_and_each_runs_once(io_worker, effec
 def test_a_full_queue_refuses_the_overflow_and_enqueue_many_names_what_was_refused(broker_url):
     # A tiny bounded quorum queue (no consumer): about 5 fit, the rest are nacked by RabbitMQ (reject-publish).
     # Quorum queues enforce the bound approximately: a publish already in flight may still be accepted.
-    tiny = Queue("bulk-test-tiny", Exchange("bulk-test-tiny", type="direct"), routing_key="bulk-test-tiny",
-                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 5, "x-overflow": "reject-publish"})
-    signatures = [io_mark.s("/dev/null", str(i)).set(queue=tiny, exchange="bulk-test-tiny", routing_key="bulk-test-tiny")
-                  for i in range(50)]
+    tiny = rabbit.quorum_queue("bulk-test-tiny", max_length=5)
+    signatures = [io_mark.s("/dev/null", str(i)).set(**rabbit.routed_to(tiny)) for i in range(50)]
     with pytest.raises(BulkPublishError, match=r"\d+ of 50 messages refused by RabbitMQ") as refused:
         enqueue_many(signatures)
     accepted = rabbit.queue_message_count(broker_url, "bulk-test-tiny")
@@ -94,22 +91,15 @@ def test_task_messages_sent_inside_a_confirmed_batch_join_it_groups_and_chords_i
 
 
 def test_a_refusal_inside_a_confirmed_batch_is_raised_when_it_ends_naming_the_task(broker_url):
-    from kombu import Connection
-
     from apps.core.bulk import confirmed_batch
 
-    tiny = Queue("batch-test-tiny", Exchange("batch-test-tiny", type="direct"), routing_key="batch-test-tiny",
-                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 3, "x-overflow": "reject-publish"})
-    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
-        tiny(connection.default_channel).declare()
-        for _ in range(4):  # one over the bound: publishes from any new channel are refused
-            connection.Producer().publish(b"{}", exchange="batch-test-tiny", routing_key="batch-test-tiny")
+    tiny = rabbit.quorum_queue("batch-test-tiny", max_length=3)
+    rabbit.declare_over_bound(broker_url, tiny)  # 4 messages: publishes from any new channel are refused
     ids = []
     with pytest.raises(BulkPublishError, match=r"\d+ of 10 messages refused by RabbitMQ") as refused:
         with confirmed_batch():
             for i in range(10):  # no QueueFull here: the nacks are read when the batch ends
-                ids.append(io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="batch-test-tiny",
-                                               routing_key="batch-test-tiny").id)
+                ids.append(io_mark.apply_async(("/dev/null", str(i)), **rabbit.routed_to(tiny)).id)
     accepted = rabbit.queue_message_count(broker_url, "batch-test-tiny") - 4
     assert refused.value.refused and set(refused.value.refused) <= set(ids)
     assert len(refused.value.refused) == 10 - accepted and refused.value.unconfirmed == []

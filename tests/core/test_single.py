@@ -10,7 +10,6 @@ from kombu import Connection
 from apps.core import single
 from apps.core.amqp import MessageTooLarge, QueueFull
 from project import topology
-from project.celery import app
 from tests.support import rabbit
 from tests.support.tasks import io_lineage, io_spawn
 
@@ -72,35 +71,26 @@ def test_a_derived_call_is_checked_like_celerys_wrong_arguments_and_size(setting
 
 def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh_template):
     io_lineage.delay("template")  # the template is made against the normal broker
-    vhost = rabbit.create_vhost("platform-test-single-full")
-    url = rabbit.vhost_url(vhost)
-    saved = app.conf.broker_url
-    try:
+    with rabbit.own_vhost("platform-test-single-full") as url:
+        vhost = url.rsplit("/", 1)[1]
         rabbit.rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10", "test-full",
                            "^ops_trace$", '{"max-length": 0, "overflow": "reject-publish"}')
         with Connection(url) as conn:
             for queue in topology.work_queues():
                 queue(conn.channel()).declare()
         rabbit.publish_raw(url, "ops_trace", "ops_trace", b"[[], {}, {}]", headers={"task": "filler", "id": "fill"})
-        app.conf.broker_url, app._pool, app.amqp._producer_pool = url, None, None
         with pytest.raises(QueueFull, match=r"tests.io.lineage\[.*\]: queue ops_trace is full"):
             io_lineage.delay("refused")
         assert rabbit.queue_message_count(url, "ops_trace") == 1  # only the filler
-    finally:
-        app.conf.broker_url, app._pool, app.amqp._producer_pool = saved, None, None
-        rabbit.delete_vhost(vhost)
 
 
 def test_a_derived_call_after_a_refusal_on_celerys_path_still_publishes(io_worker, fresh_template):
     # kombu closes a pooled connection an exception passed through; the kept producer must not outlive it.
-    from kombu import Exchange, Queue
-
     from tests.support.tasks import io_mark
 
     io_lineage.delay("template").get(timeout=60)
-    tiny = Queue("single-tiny", Exchange("single-tiny", type="direct"), routing_key="single-tiny",
-                 queue_arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
+    tiny = rabbit.quorum_queue("single-tiny", max_length=1)
     with pytest.raises(QueueFull):
         for i in range(5):
-            io_mark.apply_async(("/dev/null", str(i)), queue=tiny, exchange="single-tiny", routing_key="single-tiny")
+            io_mark.apply_async(("/dev/null", str(i)), **rabbit.routed_to(tiny))
     assert io_lineage.delay("after").get(timeout=60)["value"] == "after"

@@ -5,7 +5,7 @@ import subprocess
 import uuid
 from contextlib import contextmanager
 
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 
 def rabbitmqctl(*args: str, timeout: float = 180) -> str:
@@ -35,6 +35,31 @@ def delete_vhost(vhost: str) -> None:
 
 def vhost_url(vhost: str) -> str:
     return f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+
+
+def quorum_queue(name: str, max_length: int | None = None) -> Queue:
+    """A quorum queue on a direct exchange of the same name; with ``max_length``, bounded like the lanes
+    (reject-publish: RabbitMQ nacks what does not fit)."""
+    arguments = {"x-queue-type": "quorum"}
+    if max_length is not None:
+        arguments.update({"x-max-length": max_length, "x-overflow": "reject-publish"})
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments)
+
+
+def routed_to(queue: Queue) -> dict:
+    """apply_async / Signature.set options that send a task to ``queue`` (built by ``quorum_queue``)."""
+    return {"queue": queue, "exchange": queue.name, "routing_key": queue.name}
+
+
+def declare_over_bound(url: str, queue: Queue) -> None:
+    """Declare a bounded ``queue`` and fill it one message over its bound. Quorum queues enforce the bound
+    approximately: at the bound, a burst of fast publishes from a new channel was accepted here; one over
+    it, every publish from a new channel was refused."""
+    with Connection(url, transport_options={"confirm_publish": True}) as connection:
+        queue(connection.default_channel).declare()
+        producer = connection.Producer()
+        for _ in range(queue.queue_arguments["x-max-length"] + 1):
+            producer.publish(b"{}", exchange=queue.name, routing_key=queue.name)
 
 
 def point_app_at(app, url: str) -> None:
