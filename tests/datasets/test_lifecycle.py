@@ -33,7 +33,9 @@ def test_progress_is_visible_on_the_row_and_in_the_celery_task_state(cpu_worker,
     assert info["dataset_id"] == dataset.pk and 0 < info["rows_processed"] <= 3_000 and info["rows_total"] == 3_000
     done = settled(dataset.pk)
     assert done.status == Status.READY and done.rows_processed == 3_000
-    assert AsyncResult(done.task_id).state == "SUCCESS"
+    # READY is written inside finish_import, SUCCESS by Celery just after it returns: wait for that write.
+    wait_for(lambda: AsyncResult(done.task_id).state == "SUCCESS", timeout=30, interval=0.1,
+             message="the finishing task's SUCCESS")
 
 
 def test_cancel_stops_a_running_import_within_seconds_and_stores_no_profile(cpu_worker, tmp_path):
