@@ -33,6 +33,7 @@ django.setup()
 
 from kombu import Connection, Exchange, Queue  # noqa: E402
 
+from apps.core import single  # noqa: E402
 from apps.core.bulk import enqueue_many  # noqa: E402
 from bench import tasks as bench_tasks  # noqa: E402
 from project.celery import app  # noqa: E402
@@ -184,7 +185,17 @@ def publish_rates(n: int, rounds: int = 10) -> dict[str, float]:
             raw_producer.publish(BODY, exchange="raw", routing_key="raw", delivery_mode=2,
                                  content_type="application/json", content_encoding="utf-8")
 
-        senders = {"raw_publish_confirmed": raw, "plain_apply_async_confirmed": plain_app.noop.apply_async,
+        bench_tasks.io_noop.apply_async()  # connect, declare, and make the message template
+        template = single._templates[bench_tasks.io_noop.name].publish_kwargs
+        task_message = {"headers": template["headers"], "correlation_id": template["headers"]["id"],
+                        "reply_to": app.thread_oid}
+
+        def raw_task_message():  # the bytes a platform call sends, without the platform's code
+            raw_producer.publish(BODY, exchange="raw", routing_key="raw", delivery_mode=2,
+                                 content_type="application/json", content_encoding="utf-8", **task_message)
+
+        senders = {"raw_publish_confirmed": raw, "raw_publish_confirmed_task_message": raw_task_message,
+                   "plain_apply_async_confirmed": plain_app.noop.apply_async,
                    "platform_apply_async": bench_tasks.io_noop.apply_async}
         spent = dict.fromkeys(senders, 0.0)
         for send in senders.values():
@@ -276,6 +287,11 @@ def ratios(f: dict) -> dict:
     return {
         "bulk enqueue / plain apply_async (target >= 4)": r("platform_enqueue_many", "plain_apply_async_confirmed"),
         "apply_async / raw confirmed publish (target >= 0.9)": r("platform_apply_async", "raw_publish_confirmed"),
+        # The same bytes as a platform call, published raw: what the message costs apart from any code.
+        "raw publish of a task message / raw confirmed publish": r("raw_publish_confirmed_task_message",
+                                                                   "raw_publish_confirmed"),
+        "apply_async / raw publish of the same task message": r("platform_apply_async",
+                                                                "raw_publish_confirmed_task_message"),
         "drain prefork -c2 / plain (target >= 0.8)": r("platform_drain_prefork_c2", "plain_drain_prefork_c2"),
         "drain eventlet -c100 / plain (target >= 0.8)": r("platform_drain_eventlet_c100", "plain_drain_eventlet_c100"),
         "drain eventlet -c500 / plain (target >= 0.8)": r("platform_drain_eventlet_c500", "plain_drain_eventlet_c500"),

@@ -32,7 +32,7 @@ from kombu.utils.uuid import uuid
 
 from apps.core.amqp import set_active_batch
 from apps.core.events import event_producer
-from apps.core.single import derive_message, sent_event_for
+from apps.core.single import derive_message, lean_headers, sent_event_for
 from project import topology
 from project.celery import app
 
@@ -250,7 +250,8 @@ class _Templates:
             return  # not a plain task message (delayed, or something else was published last)
         embed = loads(body, kwargs["content_type"], kwargs["content_encoding"])[2]
         fields = dict(self.sent_events.last_fields)
-        self.by_task[signature.task] = (kwargs, embed, fields, headers.get("root_id") == result.id)
+        self.by_task[signature.task] = ({**kwargs, "headers": lean_headers(headers)}, embed, fields,
+                                        headers.get("root_id") == result.id)
 
     def send(self, signature: Signature) -> AsyncResult | None:
         template = self.by_task.get(signature.task)

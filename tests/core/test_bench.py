@@ -27,8 +27,8 @@ def test_bench_run_at_a_tiny_size_writes_every_figure_and_ratio(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())
     figures = result["figures"]
-    for name in ("raw_publish_confirmed", "plain_apply_async_confirmed", "platform_apply_async", "platform_enqueue_many",
-                 "plain_drain_prefork_c2", "platform_drain_prefork_c2", "plain_drain_eventlet_c100",
+    for name in ("raw_publish_confirmed", "raw_publish_confirmed_task_message", "plain_apply_async_confirmed",
+                 "platform_apply_async", "platform_enqueue_many", "plain_drain_prefork_c2", "platform_drain_prefork_c2", "plain_drain_eventlet_c100",
                  "platform_drain_eventlet_c100", "platform_drain_eventlet_c100_sleep100ms",
                  "platform_drain_prefork_c2_results_postgres"):
         assert figures[name] > 0, name

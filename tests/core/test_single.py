@@ -36,6 +36,28 @@ def test_plain_calls_after_the_first_carry_their_own_id_arguments_reprs_and_line
     assert json.loads(rows[derived[-1].id].task_kwargs) == repr({"value": "kw"})
 
 
+def test_a_derived_message_is_celerys_message_but_for_what_is_per_call(fresh_template):
+    # The derived call is published on the channel directly (not through kombu's Producer.publish) and
+    # without the optional headers that say nothing: compare both messages as RabbitMQ holds them.
+    with rabbit.own_vhost("platform-test-single-wire") as url:
+        celerys = io_lineage.delay("first")  # through Celery: declares the queue, records the template
+        derived = io_lineage.delay("second")
+        first, second = rabbit.get_messages(url, "ops_trace")
+    assert (first.headers["id"], second.headers["id"]) == (celerys.id, derived.id)
+    empty_optional = {"shadow", "eta", "expires", "group_index", "stamped_headers", "stamps"}
+    assert empty_optional <= first.headers.keys()  # Celery sends them...
+    assert not empty_optional & second.headers.keys()  # ...the derived message leaves them out
+    per_call = {"id", "root_id", "argsrepr"}
+    assert {k: v for k, v in second.headers.items() if k not in per_call} == {
+        k: v for k, v in first.headers.items() if k not in per_call | empty_optional}
+    assert (second.headers["root_id"], second.headers["argsrepr"]) == (derived.id, "('second',)")
+    for name in ("content_type", "content_encoding", "delivery_mode", "reply_to"):
+        assert second.properties[name] == first.properties[name], name
+    assert second.properties["delivery_mode"] == 2  # persistent
+    assert second.properties["correlation_id"] == derived.id
+    assert json.loads(second.body) == [["second"], {}, json.loads(first.body)[2]]
+
+
 def test_plain_calls_from_a_running_task_take_celerys_path_and_keep_their_parent(io_worker, fresh_template):
     io_lineage.delay("template").get(timeout=60)  # a template exists; calls from inside a task must not use it
     spawn = io_spawn.delay(3)
