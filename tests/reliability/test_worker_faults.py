@@ -81,16 +81,19 @@ def test_warm_shutdown_under_load_redelivers_interrupted_work(start_worker, brok
     assert outcome.lost == 0 and outcome.duplicated == 0 and outcome.executed == len(keys)
 
 
-def test_signature_drift_is_a_visible_failure_not_a_silent_ack(io_worker):
+def test_signature_drift_is_a_visible_failure_not_a_silent_ack(start_worker):
     from celery import states
     from django_celery_results.models import TaskResult
 
     from project.celery import app
 
+    # Its own worker: after the broker restarts of earlier tests the shared one once left this message
+    # ready for 30 s, and the next test's worker ran it (a CI run; not reproduced since).
+    start_worker("io")
     # An old-style call: the task now takes (directory, key, ...) and gets one unexpected argument.
     result = app.send_task("tests.io.effect", args=["/tmp"], kwargs={"color": "red"})
     with pytest.raises(TypeError):
-        result.get(timeout=30)
+        result.get(timeout=60)
     row = TaskResult.objects.get(task_id=result.id)
     assert row.status == states.FAILURE and "TypeError" in row.result
 
@@ -99,7 +102,9 @@ def test_database_connections_terminated_under_load(start_worker, broker_url, tm
     if connection.vendor != "postgresql":
         pytest.skip("terminating server-side connections is a PostgreSQL test (SQLite has none)")
     worker = start_worker("io", env={"IO_CONCURRENCY": "10"})
-    keys, confirmed = publish(io_effect, tmp_path, 100, seconds=0.05, touch_db=True)
+    keys = [f"k{i}" for i in range(100)]
+    results = enqueue_many(io_effect.s(str(tmp_path), key, seconds=0.05, touch_db=True) for key in keys)
+    confirmed = len(results)
     database = connection.settings_dict["NAME"]
     for _ in range(5):
         with connection.cursor() as cursor:
@@ -112,4 +117,8 @@ def test_database_connections_terminated_under_load(start_worker, broker_url, tm
     # Afterwards the worker works with fresh connections: no "connection already closed".
     assert io_effect.delay(str(tmp_path), "after", touch_db=True).get(timeout=60) is None
     assert "connection already closed" not in worker.log()
-    assert "raised unexpected" not in worker.log()  # every write that failed was retried, none lost
+    # Every write that failed was retried, none lost. Only this test's tasks count: a message an earlier
+    # test left in the queue may run on this worker too (seen once in CI: a deliberately failing one).
+    ours = {result.id for result in results}
+    failed = [line for line in worker.log().splitlines() if "raised unexpected" in line]
+    assert not [line for line in failed if any(task_id in line for task_id in ours)]
