@@ -187,19 +187,26 @@ def mark_dead_lettered(rows: list[DeadLetter]) -> None:
                 record.save(update_fields=["state", "provisional", "finished_at", "error", "updated_at"])
 
 
+# A skipped replay's ``code``: already_replayed, unknown_task, queue_full or unconfirmed. These two leave
+# the letter stored and not enqueued (replay it again later):
+NOT_ENQUEUED = frozenset({"queue_full", "unconfirmed"})
+
+
 def replay_dead_letters(letters, actor=None) -> dict:
     """Republish each to its original route, all in one confirmed batch; skip those whose task no longer
     exists. Only letters RabbitMQ confirmed are marked replayed; a refused one (its queue is at its bound)
-    or one not confirmed in time stays stored, with the reason in ``skipped``."""
+    or one not confirmed in time stays stored. Each entry of ``skipped`` has the letter's ``id``, a ``code``
+    for programs and a ``reason`` for people."""
     from apps.core.bulk import confirmed_batch
 
     registered = deadletters.registered_tasks()
     replayed, skipped, to_publish = [], [], []
     for letter in letters:
         if letter.replayed_at:
-            skipped.append({"id": letter.id, "reason": "already replayed"})
+            skipped.append({"id": letter.id, "code": "already_replayed", "reason": "already replayed"})
         elif letter.task_name not in registered:
-            skipped.append({"id": letter.id, "reason": f"task {letter.task_name!r} no longer exists" if letter.task_name
+            skipped.append({"id": letter.id, "code": "unknown_task",
+                            "reason": f"task {letter.task_name!r} no longer exists" if letter.task_name
                             else "not a Celery task message (no task header)"})
         else:
             to_publish.append(letter)
@@ -213,11 +220,12 @@ def replay_dead_letters(letters, actor=None) -> dict:
                 replayed.append(letter.id)
             elif state == "nacked":
                 queue = deadletters.replay_route(letter)[1]
-                skipped.append({"id": letter.id, "reason": f"refused by RabbitMQ: queue {queue} is full; still stored, "
-                                                           "replay it later"})
+                skipped.append({"id": letter.id, "code": "queue_full",
+                                "reason": f"refused by RabbitMQ: queue {queue} is full; still stored, replay it later"})
             else:
-                skipped.append({"id": letter.id, "reason": "not confirmed by RabbitMQ in time; still stored (it may "
-                                                           "also have been enqueued: check the task in the ledger)"})
+                skipped.append({"id": letter.id, "code": "unconfirmed",
+                                "reason": "not confirmed by RabbitMQ in time; still stored (it may also have been "
+                                          "enqueued: check the task in the ledger)"})
     outcome = {"replayed": replayed, "skipped": skipped}
     audit(actor, "deadletter.replay", ",".join(map(str, replayed))[:500], {"count": len(replayed) + len(skipped)}, outcome)
     return outcome
@@ -245,7 +253,7 @@ def replay_one(letter_id: int, actor=None) -> dict:
     for skipped in outcome["skipped"]:  # one letter: RabbitMQ refused it, or did not confirm it in time
         from apps.core.amqp import QueueFull
 
-        if skipped["reason"].startswith("refused by RabbitMQ"):
+        if skipped["code"] == "queue_full":
             raise QueueFull(f"dead letter {letter_id} not replayed: {skipped['reason']}")
         raise Unavailable(f"dead letter {letter_id}: {skipped['reason']}")
     return outcome

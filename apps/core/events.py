@@ -72,8 +72,9 @@ class SentEventBuffer:
     feed read ``task.multi`` batches, as the workers' EventBatching step and bulk enqueue send them. A
     daemon thread (green under eventlet) flushes every ``interval`` seconds and at exit. Events are
     monitoring data, sent without confirms like every event: if RabbitMQ is unreachable at flush time the
-    batch is dropped with a warning, and at most ``max_events`` wait (beyond that, new ones are dropped
-    and counted). The ledger still learns the task from its task-received event.
+    batch is dropped with a warning, and at most ``max_events`` wait (beyond that, new ones are dropped,
+    counted in ``dropped`` and logged at the next flush). The ledger still learns the task from its
+    task-received event.
     """
 
     def __init__(self, interval: float = 0.1, max_events: int = 10_000):
@@ -81,7 +82,8 @@ class SentEventBuffer:
         self.interval = interval
         self.max_events = max_events
         self.events: list[dict] = []
-        self.dropped = 0
+        self.dropped = 0  # events refused because max_events were waiting (this process, ever)
+        self._dropped_reported = 0
         self._thread_pid: int | None = None
         self._swap_lock = threading.Lock()  # held for a list swap only: callers never wait on the network
         self._flush_lock = threading.Lock()  # one flush at a time (the thread, or atexit)
@@ -90,6 +92,7 @@ class SentEventBuffer:
     def _forget_parent(self) -> None:
         """In a forked child: the parent's events and flush thread are the parent's."""
         self.events, self._thread_pid = [], None
+        self.dropped = self._dropped_reported = 0
         self._swap_lock, self._flush_lock = threading.Lock(), threading.Lock()
 
     def add(self, app, fields: dict) -> None:
@@ -117,11 +120,15 @@ class SentEventBuffer:
             self.flush()
 
     def flush(self) -> None:
-        if not self.events:
+        if not self.events and self.dropped == self._dropped_reported:
             return
         with self._flush_lock:
             with self._swap_lock:
                 batch, self.events = self.events, []
+                dropped, self._dropped_reported = self.dropped - self._dropped_reported, self.dropped
+            if dropped:  # the ledger learns those tasks from task-received; say that it had to
+                logger.warning("dropped %d task-sent events: more than %d were waiting to be published",
+                               dropped, self.max_events)
             if not batch:
                 return
             try:

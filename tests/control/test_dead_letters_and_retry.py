@@ -205,7 +205,8 @@ def test_replay_is_one_confirmed_batch_and_a_refused_letter_stays_stored_with_th
 
     refused = {s["id"] for s in outcome["skipped"]}
     assert refused and refused <= {letter.id for letter in letters["replay-test-full"]}
-    assert all(s["reason"].startswith("refused by RabbitMQ: queue replay-test-full is full") for s in outcome["skipped"])
+    assert all(s["code"] == "queue_full" and s["reason"].startswith("refused by RabbitMQ: queue replay-test-full is full")
+               for s in outcome["skipped"])
     assert {letter.id for letter in letters["replay-test-open"]} <= set(outcome["replayed"])
     assert len(outcome["replayed"]) + len(refused) == 60
     assert rabbit.queue_message_count(broker_url, "replay-test-open") == 30

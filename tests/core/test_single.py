@@ -116,3 +116,22 @@ def test_a_derived_call_after_a_refusal_on_celerys_path_still_publishes(io_worke
         for i in range(5):
             io_mark.apply_async(("/dev/null", str(i)), **rabbit.routed_to(tiny))
     assert io_lineage.delay("after").get(timeout=60)["value"] == "after"
+
+
+def test_task_sent_events_over_the_bound_are_dropped_counted_and_logged_once(broker_url, caplog):
+    import logging
+
+    from apps.core.events import SentEventBuffer
+    from project.celery import app
+
+    buffer = SentEventBuffer(interval=3600, max_events=2)  # flushed by hand here
+    for i in range(5):
+        buffer.add(app, {"uuid": f"bound-{i}", "name": "tests.io.lineage"})
+    assert [event["uuid"] for event in buffer.events] == ["bound-0", "bound-1"] and buffer.dropped == 3
+    with caplog.at_level(logging.WARNING, logger="apps.core.events"):
+        buffer.flush()  # publishes the two kept, says how many it could not keep
+        buffer.add(app, {"uuid": "bound-5", "name": "tests.io.lineage"})
+        buffer.flush()
+    assert caplog.text.count("dropped 3 task-sent events: more than 2 were waiting") == 1
+    assert "dropped 1" not in caplog.text and "dropped 2" not in caplog.text  # the kept ones were published
+    assert buffer.events == [] and buffer.dropped == 3

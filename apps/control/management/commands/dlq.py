@@ -65,7 +65,7 @@ class Command(PublishingCommand):
                 self.stdout.write(f"replayed {len(outcome['replayed'])}, skipped {len(outcome['skipped'])}")
                 for skip in outcome["skipped"]:
                     self.stdout.write(f"  skipped {skip['id']}: {skip['reason']}")
-                not_enqueued = [s for s in outcome["skipped"] if s["reason"].startswith(("refused", "not confirmed"))]
+                not_enqueued = [s for s in outcome["skipped"] if s["code"] in services.NOT_ENQUEUED]
                 if not_enqueued:  # exit 1: a script must see that some are still waiting
                     raise CommandError(f"{len(not_enqueued)} dead letter(s) not replayed: RabbitMQ refused them (queue "
                                        "full) or did not confirm them; they stay stored, replay them later")
