@@ -227,7 +227,7 @@ class _Templates:
     def __init__(self, batch: ConfirmedBatch):
         self.batch = batch
         self.sent_events = batch.sent_events
-        self.by_task: dict[str, tuple[dict, dict, dict, bool]] = {}
+        self.by_task: dict[str, tuple[dict, str, dict, dict, bool]] = {}
         self.last_publish: tuple | None = None
         self.publish = batch.producer.publish
         self.repr_size = app.amqp.argsrepr_maxsize
@@ -250,17 +250,18 @@ class _Templates:
             return  # not a plain task message (delayed, or something else was published last)
         embed = loads(body, kwargs["content_type"], kwargs["content_encoding"])[2]
         fields = dict(self.sent_events.last_fields)
-        self.by_task[signature.task] = ({**kwargs, "headers": lean_headers(headers)}, embed, fields,
+        self.by_task[signature.task] = ({**kwargs, "headers": lean_headers(headers)},
+                                        kwargs["content_type"].split("/")[-1], embed, fields,
                                         headers.get("root_id") == result.id)
 
     def send(self, signature: Signature) -> AsyncResult | None:
         template = self.by_task.get(signature.task)
         if template is None:
             return None
-        kwargs, embed, fields, own_root = template
+        kwargs, serializer, embed, fields, own_root = template
         task_id = uuid()
-        body, headers = derive_message(signature.task, kwargs["headers"], kwargs["content_type"].split("/")[-1], embed,
-                                       self.repr_size, tuple(signature.args), dict(signature.kwargs), task_id, own_root)
+        body, headers = derive_message(signature.task, kwargs["headers"], serializer, embed, self.repr_size,
+                                       tuple(signature.args), dict(signature.kwargs), task_id, own_root)
         self.publish(body, **{**kwargs, "headers": headers, "correlation_id": task_id})
         self.batch.track_task(task_id)
         self.sent_events.events.append(
