@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 
-import kombu.exceptions
-
 from apps.core.amqp import QueueFull
+from apps.core.broker import TRANSIENT_ERRORS, BrokerUnavailable, describe
 
 from django.core.exceptions import SuspiciousOperation
 from django.http import JsonResponse
@@ -34,18 +33,23 @@ def json_exception_handler(exc, context):
     if isinstance(exc, ControlError):
         from rest_framework.response import Response
 
-        return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+        headers = {"Retry-After": "10"} if exc.status == 503 else None  # unavailable: worth asking again soon
+        return Response({"detail": exc.message, "code": exc.code}, status=exc.status, headers=headers)
     if isinstance(exc, QueueFull):  # backpressure: the queue is at its bound, nothing was enqueued
         from rest_framework.response import Response
 
         return Response({"detail": str(exc), "code": "queue_full"}, status=429,
                         headers={"Retry-After": str(exc.retry_after_seconds)})
-    if isinstance(exc, (kombu.exceptions.OperationalError, OSError)):  # RabbitMQ down or not answering
+    if isinstance(exc, BrokerUnavailable):  # already says what could not be served and why
+        from rest_framework.response import Response
+
+        return Response({"detail": str(exc), "code": "unavailable"}, status=503, headers={"Retry-After": "10"})
+    if isinstance(exc, TRANSIENT_ERRORS):  # RabbitMQ down, not answering, or closed the connection (e.g. 541)
         from rest_framework.response import Response
 
         logger.warning("Broker unavailable in %s: %s", context.get("request") and context["request"].path, exc)
-        return Response({"detail": f"RabbitMQ is not reachable: {exc}", "code": "unavailable"}, status=503,
-                        headers={"Retry-After": "10"})
+        return Response({"detail": f"RabbitMQ is not reachable or not serving: {describe(exc)}", "code": "unavailable"},
+                        status=503, headers={"Retry-After": "10"})
     if isinstance(exc, SuspiciousOperation):  # too many fields, body too big: the client's fault, not a 500
         exc = exceptions.ParseError(f"request rejected: {exc}")
     response = exception_handler(exc, context)

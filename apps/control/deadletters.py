@@ -12,9 +12,9 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
+import amqp.exceptions
 from django.conf import settings
 from django.db import transaction
-from kombu import Connection
 
 from project import topology
 
@@ -124,43 +124,60 @@ def _row(dead_letter_queue: str, message, registered: set[str]):
 
 
 def drain(url: str | None = None, queues: list[str] | None = None, batch: int = 200, limit: int = 100_000) -> int:
-    """Move dead letters from the broker into DeadLetter rows; return how many were stored."""
-    from apps.control.models import DeadLetter
-    from apps.control.services import mark_dead_lettered
-    from project.celery import app
+    """Move dead letters from the broker into DeadLetter rows; return how many were stored.
+
+    Each dead-letter queue is drained on its own; a queue RabbitMQ cannot serve even after a short retry on a
+    fresh connection (apps/core/broker.py ``BrokerSession``) does not stop the others. When any was
+    unavailable, ``BrokerUnavailable`` is raised at the end, naming each such queue and the broker's reason,
+    after everything that could be stored was stored. Messages taken but not yet acked when a connection
+    drops go back to their queue; the next drain stores them (fingerprints make that idempotent).
+    """
+    from apps.core.broker import BrokerSession, BrokerUnavailable
 
     registered = registered_tasks()
-    stored = 0
-    with Connection(url or app.conf.broker_url, connect_timeout=4) as connection:
+    tally = {"stored": 0}  # kept across a retry: batches stored before a dropped connection count
+    unavailable = []
+    with BrokerSession(url) as session:
         for name in queues or list(DEAD_LETTER_QUEUES):
-            channel = connection.channel()
-            try:
-                taken = 0
-                while taken < limit:
-                    messages = []
-                    for _ in range(batch):
-                        message = channel.basic_get(queue=name, no_ack=False)
-                        if message is None:
-                            break
-                        messages.append(message)
-                    if not messages:
-                        break
-                    rows = [_row(name, m, registered) for m in messages]
-                    with transaction.atomic():
-                        before = DeadLetter.objects.count()
-                        DeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
-                        stored += DeadLetter.objects.count() - before
-                        mark_dead_lettered(rows)
-                    channel.basic_ack(messages[-1].delivery_tag, multiple=True)
-                    taken += len(messages)
-            except connection.channel_errors:
-                pass  # not declared yet: no worker has started, nothing dead-lettered
-            finally:
+            def drain_queue(channel, name=name):
                 try:
-                    channel.close()
-                except Exception:  # noqa: BLE001  (closed by the broker after a 404)
-                    pass
-    return stored
+                    _drain_queue(channel, name, registered, batch, limit, tally)
+                except amqp.exceptions.ChannelError:  # 404: not declared yet, nothing dead-lettered there
+                    session.reset_channel()
+            try:
+                session.call(f"dead-letter queue {name}", drain_queue)
+            except BrokerUnavailable as exc:
+                if session.unreachable:
+                    raise
+                unavailable.append(str(exc))
+    if unavailable:
+        raise BrokerUnavailable("; ".join(unavailable) + f" ({tally['stored']} dead letter(s) stored from the "
+                                "other queues)")
+    return tally["stored"]
+
+
+def _drain_queue(channel, name: str, registered: set[str], batch: int, limit: int, tally: dict) -> None:
+    from apps.control.models import DeadLetter
+    from apps.control.services import mark_dead_lettered
+
+    taken = 0
+    while taken < limit:
+        messages = []
+        for _ in range(batch):
+            message = channel.basic_get(queue=name, no_ack=False)
+            if message is None:
+                break
+            messages.append(message)
+        if not messages:
+            break
+        rows = [_row(name, m, registered) for m in messages]
+        with transaction.atomic():
+            before = DeadLetter.objects.count()
+            DeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
+            tally["stored"] += DeadLetter.objects.count() - before
+            mark_dead_lettered(rows)
+        channel.basic_ack(messages[-1].delivery_tag, multiple=True)
+        taken += len(messages)
 
 
 def replay_route(letter) -> tuple[str, str]:

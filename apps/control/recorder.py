@@ -20,6 +20,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 
 from apps.control import ledger, states
 from apps.control.models import DeadLetter, TaskRecord
+from apps.core.broker import TRANSIENT_ERRORS, describe
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ class Recorder:
         while not self.stopping.is_set():
             try:
                 self._consume()
-            except (OSError, ConnectionError) as exc:
-                logger.warning("Recorder lost the broker (%s); reconnecting in 2 s", exc)
+            except TRANSIENT_ERRORS as exc:  # includes 541 noproc / 320 on a node restart: no traceback
+                logger.warning("Recorder lost the broker (%s); reconnecting in 2 s", describe(exc))
                 self.stopping.wait(2)
             except Exception as exc:  # noqa: BLE001  (kombu/amqp connection errors have no common base)
                 if self.stopping.is_set():

@@ -21,9 +21,12 @@ def tasks_visible_to(user):
 
 
 def queue_depth_map() -> dict[str, int | None]:
+    """Messages per queue; None where the queue is not declared or RabbitMQ could not say (after a short retry).
+    Raises ``BrokerUnavailable`` when RabbitMQ cannot be reached at all."""
     from apps.core.broker import queue_depths
 
     return {d.name: d.messages for d in queue_depths(topology.all_queue_names())}
+
 
 
 def workers(timeout: float = 1.5) -> list[dict]:
@@ -44,13 +47,25 @@ def task_ids_held_by_workers(timeout: float = 1.5) -> set[str]:
 
 
 def queues_status(with_depths: bool = True) -> list[dict]:
+    """Each work queue: pause state, depths, dead letters. A queue RabbitMQ could not answer for has its depths
+    as None and ``unavailable`` saying why; RabbitMQ unreachable raises ``Unavailable`` (503, one line)."""
+    from apps.control.errors import Unavailable
+    from apps.core.broker import BrokerUnavailable, queue_depths
+
     paused = {p.queue: p for p in PausedQueue.objects.all()}
-    depths = queue_depth_map() if with_depths else {}
+    try:
+        answers = {d.name: d for d in queue_depths(topology.all_queue_names())} if with_depths else {}
+    except (BrokerUnavailable, OSError) as exc:
+        raise Unavailable(str(exc)) from exc
+    depths = {name: d.messages for name, d in answers.items()}
     out = []
     for lane in topology.LANES:
         p = paused.get(lane.name)
+        dead = topology.dead_letter_queue_name(lane.name)
+        problems = [answers[n].unavailable for n in (lane.name, dead) if n in answers and answers[n].unavailable]
         out.append({
             "name": lane.name, "role": lane.role, "paused": p is not None,
+            "unavailable": "; ".join(problems) or None,
             "paused_at": p.paused_at if p else None, "paused_reason": p.reason if p else "",
             "messages": depths.get(lane.name),
             "dead_letter_queue": topology.dead_letter_queue_name(lane.name),

@@ -267,10 +267,14 @@ def purge_dead_letters(letters_qs, actor=None, filters: dict | None = None) -> i
 
 
 def refresh_dead_letters() -> int:
+    """Drain the dead-letter queues into the store; ``Unavailable`` (503) names any queue RabbitMQ could not
+    serve, after a short retry, and why."""
+    from apps.core.broker import BrokerUnavailable
+
     try:
         return deadletters.drain()
-    except (OSError, ConnectionError) as exc:
-        raise Unavailable(f"RabbitMQ is not reachable: {exc}") from exc
+    except BrokerUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 # --- LOST -------------------------------------------------------------------------------------------------

@@ -119,12 +119,7 @@ class StatsView(ControlView):
 
 
 def _queues_or_error():
-    try:
-        return selectors.queues_status()
-    except OSError as exc:
-        from apps.control.errors import Unavailable
-
-        raise Unavailable(f"RabbitMQ is not reachable: {exc}") from exc
+    return selectors.queues_status()  # RabbitMQ unreachable: Unavailable, a 503 with the reason
 
 
 class WorkerListView(ControlView):

@@ -65,8 +65,9 @@ def queue_full_error(exc: Exception, name: str, task_id: str | None, queue: str 
         return None
     lane = LANES_BY_NAME.get(queue)
     bound = f" (bound: {lane.max_length} messages)" if lane else ""
-    return QueueFull(f"RabbitMQ refused task {name}[{task_id}]: queue {queue} is full{bound}; "
-                     "nothing was enqueued, retry later")
+    # A quorum queue without a running leader (election, node restart) nacks too: same answer, retry later.
+    return QueueFull(f"RabbitMQ refused task {name}[{task_id}]: queue {queue} is full{bound} or has no leader "
+                     "right now; nothing was enqueued, retry later")
 
 
 def take_recorder():

@@ -69,9 +69,17 @@ def health_report() -> dict:
 
     report["queues"] = []
     if report["broker"] == "ok":
-        for depth in queue_depths(topology.all_queue_names()):
-            report["queues"].append({"name": depth.name, "messages": depth.messages, "consumers": depth.consumers})
-            if depth.messages is None:
+        try:
+            depths = queue_depths(topology.all_queue_names())
+        except BrokerUnavailable as exc:  # reachable a moment ago, not now
+            depths = []
+            report["problems"].append(str(exc))
+        for depth in depths:
+            report["queues"].append({"name": depth.name, "messages": depth.messages, "consumers": depth.consumers,
+                                     "unavailable": depth.unavailable})
+            if depth.unavailable:
+                report["problems"].append(depth.unavailable)
+            elif depth.messages is None:
                 report["problems"].append(f"queue {depth.name} is not declared (start a worker to declare it)")
     report["ok"] = not report["problems"]
     return report

@@ -191,6 +191,7 @@ def test_replay_is_one_confirmed_batch_and_a_refused_letter_stays_stored_with_th
 
     with Connection(broker_url) as connection:
         rabbit.quorum_queue("replay-test-open")(connection.default_channel).declare()
+    rabbit.wait_serving(broker_url, ["replay-test-open"])
     rabbit.declare_over_bound(broker_url, rabbit.quorum_queue("replay-test-full", max_length=3))  # 4 messages
     letters = {"replay-test-full": [], "replay-test-open": []}
     for i in range(60):

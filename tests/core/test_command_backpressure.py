@@ -40,6 +40,7 @@ def full_broker_url():
             channel = conn.channel()
             for queue in (*topology.work_queues(), *topology.dead_letter_queues()):
                 queue(channel).declare()
+            rabbit.wait_serving(url, topology.all_queue_names())
             for name in ("dataset", "mail"):
                 rabbit.publish_raw(url, name, name, b"[[], {}, {}]", headers={"task": "filler", "id": f"fill-{name}"})
             channel.close()

@@ -100,6 +100,7 @@ def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh
         with Connection(url) as conn:
             for queue in topology.work_queues():
                 queue(conn.channel()).declare()
+        rabbit.wait_serving(url, [lane.name for lane in topology.LANES])
         rabbit.publish_raw(url, "ops_trace", "ops_trace", b"[[], {}, {}]", headers={"task": "filler", "id": "fill"})
         with pytest.raises(QueueFull, match=r"tests.io.lineage\[.*\]: queue ops_trace is full"):
             io_lineage.delay("refused")

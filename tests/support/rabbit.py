@@ -46,6 +46,59 @@ def quorum_queue(name: str, max_length: int | None = None) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments)
 
 
+def serves(url: str, name: str) -> bool:
+    """True when quorum queue ``name`` answers a passive declare and a ``basic.get``. Just after a declare its
+    Raft member may not run yet, and a ``basic.get`` then fails with 541 "noproc" (issue 20). The get runs only
+    on an empty queue (a queue holding messages has had a leader accept them); a message that arrives in
+    between is rejected back at once."""
+    import amqp.exceptions
+
+    try:
+        with Connection(url, connect_timeout=4) as connection:
+            channel = connection.channel()
+            _, messages, _ = channel.queue_declare(queue=name, passive=True)
+            if messages == 0:
+                message = channel.basic_get(queue=name, no_ack=False)
+                if message is not None:
+                    channel.basic_reject(message.delivery_tag, requeue=True)
+            return True
+    except (OSError, amqp.exceptions.ConnectionError, amqp.exceptions.ChannelError):
+        return False
+
+
+def wait_serving(url: str, names, timeout: float = 30) -> None:
+    """Wait until every queue in ``names`` serves (``serves``): tests never race a queue's start."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    while pending:
+        pending = [name for name in pending if not serves(url, name)]
+        if pending and time.monotonic() > deadline:
+            raise AssertionError(f"queues not serving after {timeout}s: {', '.join(pending)}")
+        if pending:
+            time.sleep(0.05)
+
+
+def _quorum_member(vhost: str, name: str, action: str) -> str:
+    """Stop or restart this node's Raft member of quorum queue ``name`` (ra, the library under quorum queues)."""
+    return rabbitmqctl("eval", f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
+                               f'<<"{name}">>)), ra:{action}(quorum_queues, amqqueue:get_pid(Q)).')
+
+
+@contextmanager
+def quorum_member_down(url: str, name: str):
+    """Quorum queue ``name`` declared but not serving, as during a leader election or just after a declare:
+    ``basic.get`` fails with 541 INTERNAL_ERROR "noproc" (and publishes are nacked) until the block ends."""
+    vhost = url.rsplit("/", 1)[1]
+    _quorum_member(vhost, name, "stop_server")
+    try:
+        yield
+    finally:
+        _quorum_member(vhost, name, "restart_server")
+        wait_serving(url, [name])
+
+
 def routed_to(queue: Queue) -> dict:
     """apply_async / Signature.set options that send a task to ``queue`` (built by ``quorum_queue``)."""
     return {"queue": queue, "exchange": queue.name, "routing_key": queue.name}
@@ -57,6 +110,7 @@ def declare_over_bound(url: str, queue: Queue) -> None:
     it, every publish from a new channel was refused."""
     with Connection(url, transport_options={"confirm_publish": True}) as connection:
         queue(connection.default_channel).declare()
+        wait_serving(url, [queue.name])
         producer = connection.Producer()
         for _ in range(queue.queue_arguments["x-max-length"] + 1):
             producer.publish(b"{}", exchange=queue.name, routing_key=queue.name)

@@ -114,4 +114,14 @@ class Worker(ProcessRole):
             return app.control.ping(destination=[self.nodename], timeout=0.5)
 
         wait_for(answered, timeout=timeout, interval=0.1, message=f"worker {self.nodename} to answer a ping")
+        self.wait_queues_serve()
         return self
+
+    def wait_queues_serve(self) -> None:
+        """The worker declared its queues and every dead-letter queue at start; a test must not race their
+        Raft members starting (issue 20)."""
+        from project import topology
+        from tests.support.rabbit import wait_serving
+
+        queues = topology.ROLES.get(self.role, {}).get("queues", [])
+        wait_serving(self.env["CELERY_BROKER_URL"], [*queues, *(q.name for q in topology.dead_letter_queues())])

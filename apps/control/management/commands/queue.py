@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.control import selectors, services
 from apps.control.errors import ControlError
+from apps.core.broker import TRANSIENT_ERRORS, describe
 
 
 class Command(BaseCommand):
@@ -30,6 +31,9 @@ class Command(BaseCommand):
                         continue
                     state = f"PAUSED since {q['paused_at']:%Y-%m-%d %H:%M:%S}" if q["paused"] else "running"
                     self.stdout.write(f"{q['name']:<12} {state:<32} messages={q['messages']} "
-                                      f"dead={q['dead_letter_messages']} stored_dead={q['dead_letters_stored']}")
+                                      f"dead={q['dead_letter_messages']} stored_dead={q['dead_letters_stored']}"
+                                      + (f"  unavailable: {q['unavailable']}" if q["unavailable"] else ""))
         except ControlError as exc:
             raise CommandError(exc.message) from exc
+        except TRANSIENT_ERRORS as exc:  # the broadcast to the workers could not be sent
+            raise CommandError(f"RabbitMQ is not reachable or not serving: {describe(exc)}") from exc

@@ -32,7 +32,7 @@ class Command(BaseCommand):
             out("  (none online)")
         out("queues:")
         for q in report["queues"]:
-            messages = "missing" if q["messages"] is None else q["messages"]
+            messages = "unavailable" if q.get("unavailable") else "missing" if q["messages"] is None else q["messages"]
             out(f"  {q['name']:<16} messages={messages!s:<8} consumers={q['consumers']}")
         if report["problems"]:
             self.stderr.write("problems:\n" + "\n".join(f"  - {p}" for p in report["problems"]))
