@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 
 from django.conf import settings
 from django.db import transaction
-from kombu import Connection
 
+from apps.core import cluster
 from project import topology
 
 # Source queues by dead-letter queue name.
@@ -131,7 +131,7 @@ def drain(url: str | None = None, queues: list[str] | None = None, batch: int = 
 
     registered = registered_tasks()
     stored = 0
-    with Connection(url or app.conf.broker_url, connect_timeout=4) as connection:
+    with cluster.connection(url or app.conf.broker_url, connect_timeout=4) as connection:
         for name in queues or list(DEAD_LETTER_QUEUES):
             channel = connection.channel()
             try:

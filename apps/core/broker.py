@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
+from apps.core import cluster
 from project import topology
 
 START_HINT = "start it with `rabbitmq-server -detached` (or `docker compose -f compose/docker-compose.yml up -d rabbitmq`)"
@@ -22,8 +23,8 @@ def check_broker(url: str | None = None, timeout: float = 4) -> None:
 
     url = url or app.conf.broker_url
     try:
-        with Connection(url, connect_timeout=timeout) as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout)
+        with cluster.connection(url, connect_timeout=timeout) as connection:  # every node of the list, once
+            connection.ensure_connection(max_retries=len(cluster.broker_urls(url)), timeout=timeout * len(cluster.broker_urls(url)))
     except Exception as exc:  # any failure to connect is the same answer for the operator
         raise BrokerUnavailable(
             f"RabbitMQ is not reachable at {maybe_sanitize_url(url)} ({exc}); {START_HINT}"
@@ -41,7 +42,7 @@ def queue_depths(names: list[str], url: str | None = None) -> list[QueueDepth]:
     from project.celery import app
 
     depths = []
-    with Connection(url or app.conf.broker_url, connect_timeout=4) as connection:
+    with cluster.connection(url or app.conf.broker_url, connect_timeout=4) as connection:
         channel = connection.channel()
         for name in names:
             try:
