@@ -15,6 +15,7 @@ redeclared (RabbitMQ answers PRECONDITION_FAILED otherwise). docs/architecture.m
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from kombu import Exchange, Queue
@@ -52,6 +53,16 @@ ROLES: dict[str, dict] = {
     "io": {"pool": "eventlet", "queues": [lane.name for lane in LANES if lane.role == "io"]},
 }
 
+# Replicas of every quorum queue (x-quorum-initial-group-size), set explicitly: left out, RabbitMQ puts a
+# member on every node of the cluster, so a 7-node cluster would replicate every message 7 times. 3 keeps
+# a majority through the loss of any one node; 5 through two. Odd only (an even size tolerates no more
+# losses than the odd size below it) and at most 7 (each member costs a write per message). On a cluster
+# with fewer nodes RabbitMQ uses the nodes there are: one member on a single node. Fixed at declaration
+# like every queue argument (docs/architecture.md: changing one).
+QUORUM_GROUP_SIZE = int(os.environ.get("PLATFORM_QUORUM_GROUP_SIZE", "3"))
+if QUORUM_GROUP_SIZE not in (1, 3, 5, 7):
+    raise ValueError(f"PLATFORM_QUORUM_GROUP_SIZE must be 1, 3, 5 or 7, not {QUORUM_GROUP_SIZE}")
+
 DEAD_LETTER_EXCHANGE = "dead_letter"
 DEAD_LETTER_SUFFIX = ".dead"
 
@@ -77,6 +88,7 @@ def work_queue(lane: Lane) -> Queue:
         durable=True,
         queue_arguments={
             "x-queue-type": "quorum",
+            "x-quorum-initial-group-size": QUORUM_GROUP_SIZE,
             "x-delivery-limit": lane.delivery_limit,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": lane.name,
@@ -95,7 +107,7 @@ def dead_letter_queue(lane: Lane) -> Queue:
         dead_letter_exchange(),
         routing_key=lane.name,
         durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
+        queue_arguments={"x-queue-type": "quorum", "x-quorum-initial-group-size": QUORUM_GROUP_SIZE},
     )
 
 

@@ -15,10 +15,11 @@ import threading
 import time
 import uuid
 
-from kombu import Connection, Consumer, Queue
+from kombu import Consumer, Queue
 
 from apps.control import ledger
 from apps.control.recorder import event_exchange
+from apps.core import cluster
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class EventHub:
                       durable=False, queue_arguments={"x-message-ttl": 60_000})
         while True:
             try:
-                with Connection(self.broker_url, heartbeat=30) as connection:
+                with cluster.connection(self.broker_url, heartbeat=30) as connection:
                     connection.ensure_connection(max_retries=3)
                     with Consumer(connection, queues=[queue], callbacks=[self._on_message], accept=["json"],
                                   prefetch_count=500):

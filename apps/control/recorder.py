@@ -16,10 +16,11 @@ from collections import defaultdict
 
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Consumer, Exchange, Queue
 
 from apps.control import ledger, states
 from apps.control.models import DeadLetter, TaskRecord
+from apps.core import cluster
 from apps.core.broker import TRANSIENT_ERRORS, describe
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class Recorder:
         def on_message(body, message):
             pending.append((body, message))
 
-        with Connection(self.broker_url, heartbeat=30) as connection:
+        with cluster.connection(self.broker_url, heartbeat=30) as connection:
             connection.ensure_connection(max_retries=3)
             with Consumer(connection, queues=[ledger_queue()], callbacks=[on_message], accept=["json"],
                           prefetch_count=self.batch_size):

@@ -20,6 +20,7 @@ import kombu.exceptions
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
+from apps.core import cluster
 from project import topology
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,9 @@ class BrokerSession:
 
     def channel(self):
         if self._connection is None:
-            from project.celery import app
-
-            self._connection = Connection(self.url or app.conf.broker_url, connect_timeout=self.connect_timeout)
-            self._connection.ensure_connection(max_retries=1, timeout=self.connect_timeout)
+            nodes = len(cluster.broker_urls(self.url))  # a node list: each node once before giving up
+            self._connection = cluster.connection(self.url, connect_timeout=self.connect_timeout)
+            self._connection.ensure_connection(max_retries=nodes, timeout=self.connect_timeout * nodes)
         if self._channel is None or not getattr(self._channel, "is_open", True):
             self._channel = self._connection.channel()
         return self._channel
@@ -112,8 +112,8 @@ def check_broker(url: str | None = None, timeout: float = 4) -> None:
 
     url = url or app.conf.broker_url
     try:
-        with Connection(url, connect_timeout=timeout) as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout)
+        with cluster.connection(url, connect_timeout=timeout) as connection:  # every node of the list, once
+            connection.ensure_connection(max_retries=len(cluster.broker_urls(url)), timeout=timeout * len(cluster.broker_urls(url)))
     except Exception as exc:  # any failure to connect is the same answer for the operator
         raise BrokerUnavailable(
             f"RabbitMQ is not reachable at {maybe_sanitize_url(url)} ({exc}); {START_HINT}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.db import connection
 
 from apps.core.broker import BrokerUnavailable, check_broker, queue_depths
+from apps.core.cluster import cluster_report
 from project import topology
 
 
@@ -81,5 +82,7 @@ def health_report() -> dict:
                 report["problems"].append(depth.unavailable)
             elif depth.messages is None:
                 report["problems"].append(f"queue {depth.name} is not declared (start a worker to declare it)")
+    report["cluster"] = cluster_report()  # every node up/down, each queue's leader and members
+    report["problems"].extend(report["cluster"]["problems"])
     report["ok"] = not report["problems"]
     return report

@@ -155,6 +155,25 @@ LOGGING = {
 # Broker: the local RabbitMQ unless told otherwise. There is no eager fallback: without a reachable
 # broker, publishing raises instead of running the task inside the caller.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def spread_nodes(url: str) -> str:
+    """A node list ("amqp://a;amqp://b;amqp://c", one RabbitMQ cluster) in a random order per process.
+    kombu always connects to the first URL of the list first, whatever the failover strategy (the
+    strategy only picks the next node after a failure, kombu/connection.py), so without this every
+    client would start on node a."""
+    import random
+
+    nodes = [node.strip() for node in url.split(";") if node.strip()]
+    random.shuffle(nodes)
+    return ";".join(nodes)
+
+
+CELERY_BROKER_URL = spread_nodes(CELERY_BROKER_URL)
+# After a node is lost, try the others in turn (round-robin over the shuffled list visits each node once
+# per round; kombu's "shuffle" picks at random and can retry the dead node).
+CELERY_BROKER_FAILOVER_STRATEGY = "round-robin"
+PLATFORM_BROKER_MANAGEMENT_PORT = env_int("PLATFORM_BROKER_MANAGEMENT_PORT", 15672)  # HTTP API: queue leaders
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # workers wait for RabbitMQ instead of exiting
 CELERY_BROKER_CONNECTION_TIMEOUT = 4  # seconds; a down broker is reported quickly, not after a hang

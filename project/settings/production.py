@@ -5,7 +5,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F401,F403
-from .base import env_bool, env_int, env_list, os
+from .base import env_bool, env_int, env_list, os, spread_nodes
 
 
 def required(name: str) -> str:
@@ -18,7 +18,7 @@ def required(name: str) -> str:
 DEBUG = False
 SECRET_KEY = required("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or ["localhost"]
-CELERY_BROKER_URL = required("CELERY_BROKER_URL")
+CELERY_BROKER_URL = spread_nodes(required("CELERY_BROKER_URL"))  # one node, or a cluster's nodes split by ";"
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)

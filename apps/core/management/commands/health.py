@@ -34,6 +34,13 @@ class Command(BaseCommand):
         for q in report["queues"]:
             messages = "unavailable" if q.get("unavailable") else "missing" if q["messages"] is None else q["messages"]
             out(f"  {q['name']:<16} messages={messages!s:<8} consumers={q['consumers']}")
+        out("nodes:")
+        for node in report["cluster"]["nodes"]:
+            out(f"  {node['url']:<40} {'up' if node['up'] else 'DOWN'} {node['name']}")
+        leaders = report["cluster"]["queues"]
+        out("queue leaders:" + ("" if leaders else f" unknown ({report['cluster']['management']})"))
+        for q in leaders:
+            out(f"  {q['name']:<16} leader={q['leader']} members={len(q['members'])} online={len(q['online'])}")
         if report["problems"]:
             self.stderr.write("problems:\n" + "\n".join(f"  - {p}" for p in report["problems"]))
         else:

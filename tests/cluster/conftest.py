@@ -1,0 +1,96 @@
+"""The cluster cases: a 3-node RabbitMQ cluster (bin/cluster), worker hosts as network namespaces running
+the real start scripts, and the publisher (this test process) outside them.
+
+Every case here is marked ``cluster``; bin/test runs them in their own pass. A machine that cannot run
+them (no root, no rabbitmq-server package) makes them FAIL with the reason: they never skip.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.support import cluster, rabbit
+from tests.support.workers import database_url
+
+HEARTBEAT = 10  # seconds, for the cluster's workers: "resumes within two heartbeats" is then 20 s
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/cluster/" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def live_cluster():
+    """The cluster, up: started for the session (and removed after) unless someone already runs it."""
+    missing = cluster.missing_requirements()
+    if missing:
+        pytest.fail(f"the cluster cases need {', '.join(missing)}", pytrace=False)
+    started_here = not cluster.is_up()
+    if started_here:
+        cluster.run("up", timeout=600)
+    try:
+        yield
+    finally:
+        if started_here:
+            cluster.run("down", timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def cluster_vhost(live_cluster):
+    """A throwaway vhost on the cluster, with the Celery app (the publisher) pointed at all three nodes."""
+    from project.celery import app
+
+    vhost = cluster.create_vhost()
+    url = cluster.broker_url(vhost)
+    previous = app.conf.broker_url
+    rabbit.point_app_at(app, url)
+    try:
+        yield vhost
+    finally:
+        rabbit.point_app_at(app, previous)
+        cluster.delete_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def cluster_db_url(django_db_setup, django_db_blocker):
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        # Worker hosts reach the database through the shared filesystem; PostgreSQL listens on 127.0.0.1 only.
+        pytest.fail("the cluster cases run on SQLite (bin/test's cluster pass); this run uses "
+                    f"{connection.vendor}", pytrace=False)
+    return database_url(connection.settings_dict)
+
+
+@pytest.fixture(scope="session")
+def worker_hosts(live_cluster):
+    """Two worker hosts (network namespaces on the cluster's bridge): cpu1 and io1."""
+    hosts = {"cpu1": 21, "io1": 22}
+    for name, octet in hosts.items():
+        cluster.run("host-up", name, str(octet))
+    try:
+        yield list(hosts)
+    finally:
+        for name in hosts:
+            cluster.run("host-down", name, check=False)
+
+
+@pytest.fixture(scope="session")
+def host_workers(cluster_vhost, cluster_db_url, worker_hosts):
+    """A prefork worker on host cpu1 and an eventlet worker on host io1, both given the node list."""
+    env = {"CELERY_BROKER_HEARTBEAT": str(HEARTBEAT)}
+    url = cluster.broker_url(cluster_vhost)
+    workers = {
+        "cpu": cluster.HostWorker("cpu1", "cpu", url, cluster_db_url, env={**env, "CPU_CONCURRENCY": "2"}),
+        "io": cluster.HostWorker("io1", "io", url, cluster_db_url, env={**env, "IO_CONCURRENCY": "20"}),
+    }
+    try:
+        for worker in workers.values():
+            worker.start()
+        for worker in workers.values():
+            worker.wait_ready(timeout=120)
+        yield workers
+    finally:
+        for worker in workers.values():
+            worker.stop()
