@@ -18,6 +18,7 @@ from django.conf import settings
 
 from apps.core.broker import declare_dead_letter_queues
 from apps.core.delays import ensure_delay_topology
+from apps.core.probes import ProbeFiles
 from apps.core.tasks import running_on_eventlet
 
 logger = get_logger(__name__)
@@ -142,9 +143,13 @@ def share_backend_between_green_threads(app) -> None:
 
 class PlatformConsumer(Consumer):
     def __init__(self, *args, app=None, **kwargs):
-        app.steps["consumer"].update({DeclareTopology, EventBatching})
+        app.steps["consumer"].update({DeclareTopology, EventBatching, ProbeFiles})
         share_backend_between_green_threads(app)
         super().__init__(*args, app=app, **kwargs)
+
+    def on_ready(self):
+        super().on_ready()
+        self.probe_files.loop_started(self)  # both loops call on_ready once consuming (celery/worker/loops.py)
 
     def create_task_handler(self, *args, **kwargs):
         handle = super().create_task_handler(*args, **kwargs)
