@@ -19,6 +19,7 @@ from django.conf import settings
 from apps.core.broker import declare_dead_letter_queues
 from apps.core.delays import ensure_delay_topology
 from apps.core.probes import ProbeFiles
+from apps.core.shutdown import own_the_soft_shutdown_on_eventlet  # noqa: F401 - connects worker_ready
 from apps.core.tasks import running_on_eventlet
 
 logger = get_logger(__name__)
@@ -142,6 +143,8 @@ def share_backend_between_green_threads(app) -> None:
 
 
 class PlatformConsumer(Consumer):
+    holding = False  # set at SIGTERM on eventlet: deliveries stay unstarted (apps/core/shutdown.py)
+
     def __init__(self, *args, app=None, **kwargs):
         app.steps["consumer"].update({DeclareTopology, EventBatching, ProbeFiles})
         share_backend_between_green_threads(app)
@@ -156,6 +159,8 @@ class PlatformConsumer(Consumer):
         max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
 
         def on_task_received(message):
+            if self.holding:
+                return None  # unacked: RabbitMQ gives it back when this worker's connection closes
             if len(message.body) > max_bytes:
                 logger.error(
                     "Rejected a %d-byte message (limit %d, PLATFORM_MAX_MESSAGE_BYTES) for task %r: "

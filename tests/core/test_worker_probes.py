@@ -1,7 +1,8 @@
 """Worker probe files (apps/core/probes.py) read by the probe script the Kubernetes manifests run.
 
-Real workers from compose/start/<role>, each in its own vhost so a test can take the broker away from
-its worker (permissions cleared, connections closed) without touching any other worker.
+Real workers from compose/start/<role>, each in its own vhost. The prefork worker reaches RabbitMQ through
+a loopback TCP proxy, so the test can take the broker away from it (connections dropped, reconnects
+refused) and give it back, without touching RabbitMQ or any other worker.
 """
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from tests.support import rabbit
+from tests.support.proxy import TcpProxy
 from tests.support.tasks import cpu_echo, io_block_hub
 from tests.support.workers import Worker, wait_for
 
@@ -31,37 +33,22 @@ def heartbeat_mtime(directory: Path) -> float:
     return (directory / "heartbeat").stat().st_mtime
 
 
-def vhost_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
-
-
-def take_broker_away(vhost: str) -> None:
-    """The broker is gone for this vhost's clients: they are disconnected and cannot reconnect."""
-    rabbit.rabbitmqctl("clear_permissions", "-p", vhost, "guest")
-    for pid in rabbit.rabbitmqctl("list_connections", "-p", vhost, "pid", "--no-table-headers").split():
-        rabbit.rabbitmqctl("close_connection", pid, "test: broker connection gone")
-
-
-def give_broker_back(vhost: str) -> None:
-    rabbit.rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-
-
 def probe_env(directory: Path) -> dict:
     return {"PLATFORM_PROBE_DIR": str(directory), "PLATFORM_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)}
 
 
 def test_prefork_worker_is_ready_only_once_consuming_and_goes_stale_without_its_broker(worker_db_url, tmp_path):
     directory = tmp_path / "probes"
+    proxy = TcpProxy()  # not listening yet: the worker starts while the broker is unreachable
     with rabbit.own_vhost("platform-k8s") as url:
-        vhost = vhost_of(url)
-        take_broker_away(vhost)  # the worker starts while it cannot connect
-        worker = Worker("cpu", url, worker_db_url, env={"CPU_CONCURRENCY": "1", **probe_env(directory)}).start()
+        worker_url = url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+        worker = Worker("cpu", worker_url, worker_db_url, env={"CPU_CONCURRENCY": "1", **probe_env(directory)}).start()
         try:
             wait_for(lambda: "Cannot connect" in worker.log(), timeout=60, message="a refused connection attempt")
             assert worker.alive()
             assert not probe(directory, "ready") and not probe(directory, "live")
 
-            give_broker_back(vhost)
+            proxy.start()
             # Not worker.wait_ready() first: a worker answers pings while it is still starting (during mingle),
             # before its consumer loop runs; the readiness file waits for the loop.
             wait_for(lambda: probe(directory, "ready"), timeout=60, message="the readiness file")
@@ -71,17 +58,18 @@ def test_prefork_worker_is_ready_only_once_consuming_and_goes_stale_without_its_
             first = heartbeat_mtime(directory)
             wait_for(lambda: heartbeat_mtime(directory) > first, timeout=10, message="the next heartbeat")
 
-            take_broker_away(vhost)
+            proxy.stop()
             wait_for(lambda: not probe(directory, "live"), timeout=60, message="a stale heartbeat")
             assert not probe(directory, "ready")
             assert worker.alive()  # retrying its connection: the probe, not the worker, calls it dead
 
-            give_broker_back(vhost)
-            wait_for(lambda: probe(directory, "live") and probe(directory, "ready"), timeout=60,
+            proxy.start()
+            wait_for(lambda: probe(directory, "live") and probe(directory, "ready"), timeout=90,
                      message="fresh probes after the broker came back")
+            assert cpu_echo.delay("served again").get(timeout=60)["value"] == "served again"
         finally:
-            give_broker_back(vhost)
             worker.stop()
+            proxy.stop()
 
 
 def test_eventlet_worker_heartbeat_goes_stale_while_its_loop_is_stuck(worker_db_url, tmp_path):
