@@ -1,9 +1,10 @@
 """SIGTERM to a busy worker (what Kubernetes and docker stop send): Celery's soft shutdown, then requeue.
 
 The start scripts map SIGTERM to Celery's cold shutdown (REMAP_SIGTERM=SIGQUIT), which first waits
-worker_soft_shutdown_timeout for running tasks. A task that ends within that window finishes and is acked;
-one that does not is cancelled and, being acks_late, requeued, and runs once on another worker. Each case
-runs in its own vhost, so no other worker can take the message.
+worker_soft_shutdown_timeout for running tasks (on eventlet, apps/core/shutdown.py does the same: Celery's
+own fails there). A task that ends within that window finishes and is acked; one that does not is cancelled
+and, being acks_late, requeued, and runs once on another worker. Each case runs in its own vhost, so no
+other worker can take the message.
 """
 import signal
 

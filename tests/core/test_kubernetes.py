@@ -244,6 +244,8 @@ def test_termination_grace_comes_from_the_role_shutdown_window_which_covers_its_
     assert topology.termination_grace_seconds(role) > window
     # Every task the role runs can end within its own hard limit inside the window.
     assert window >= longest_hard_time_limit(role)
+    compose = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())["services"][role]
+    assert compose["stop_grace_period"] == f"{topology.termination_grace_seconds(role)}s"  # docker stop too
     script = (ROOT / "compose" / "start" / role).read_text()
     assert 'REMAP_SIGTERM="${REMAP_SIGTERM:-SIGQUIT}"' in script and f"PLATFORM_WORKER_ROLE={role}" in script
 
