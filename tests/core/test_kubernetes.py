@@ -231,8 +231,11 @@ def test_beat_and_the_recorder_run_exactly_one_replica_and_are_never_scaled():
 
 def longest_hard_time_limit(role: str) -> float:
     app.loader.import_default_modules()
+    queues = topology.ROLES[role]["queues"]
     limits = [app.tasks[name].time_limit or settings.CELERY_TASK_TIME_LIMIT for name in app.tasks
-              if app.amqp.router.route({}, name)["queue"].name in topology.ROLES[role]["queues"]]
+              if app.amqp.router.route({}, name)["queue"].name in queues]
+    if topology.DATASET in queues:  # dataset tasks get theirs per call (apps/datasets/services.time_limits_for)
+        limits.append(max(settings.DATASETS_TIME_LIMIT, settings.DATASETS_SOFT_TIME_LIMIT + 30))
     return max(limits)
 
 
