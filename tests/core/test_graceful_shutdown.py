@@ -54,7 +54,8 @@ def test_a_task_that_ends_within_the_window_finishes_and_is_acked(worker_db_url,
         assert "soft shutdown" in worker.log().lower()  # Celery's on prefork, apps/core/shutdown.py's on eventlet
         assert marks(path) == ["start", "end"]
         assert TaskResult.objects.get(task_id=result.id).status == states.SUCCESS
-        assert messages_in(rabbit_vhost(url), queue) == 0  # acked: nothing left to run again
+        wait_for(lambda: messages_in(rabbit_vhost(url), queue) == 0, timeout=30,
+                 message="an empty queue: the task acked, nothing left to run again")
 
 
 @pytest.mark.parametrize("role, task, queue", CASES)
@@ -73,7 +74,8 @@ def test_a_task_longer_than_the_window_is_requeued_and_runs_once_elsewhere(worke
         finally:
             replacement.stop()
         assert marks(path) == ["start", "start", "end"]  # one interrupted attempt, one complete run
-        assert messages_in(rabbit_vhost(url), queue) == 0
+        # The result is stored before the ack (acks_late): wait for the ack, not for the result.
+        wait_for(lambda: messages_in(rabbit_vhost(url), queue) == 0, timeout=30, message="the ack of the rerun")
 
 
 def rabbit_vhost(url: str) -> str:
