@@ -48,10 +48,29 @@ LANES: tuple[Lane, ...] = (
 LANES_BY_NAME = {lane.name: lane for lane in LANES}
 
 # Worker roles: which queues each start script (compose/start/<role>) consumes, and with which pool.
+# soft_shutdown_seconds: on SIGTERM the worker stops taking tasks and gives running ones this long
+# (Celery's worker_soft_shutdown_timeout), then cancels what is left, which acks_late requeues. It is
+# the longest hard time limit of the tasks the role runs (datasets: DATASETS_TIME_LIMIT; io: the
+# default CELERY_TASK_TIME_LIMIT), so a task within its limits finishes; tests/core/test_kubernetes.py
+# checks it against the settings and the manifests' terminationGracePeriodSeconds.
 ROLES: dict[str, dict] = {
-    "cpu": {"pool": "prefork", "queues": [lane.name for lane in LANES if lane.role == "cpu"]},
-    "io": {"pool": "eventlet", "queues": [lane.name for lane in LANES if lane.role == "io"]},
+    "cpu": {"pool": "prefork", "queues": [lane.name for lane in LANES if lane.role == "cpu"],
+            "soft_shutdown_seconds": 660},
+    "io": {"pool": "eventlet", "queues": [lane.name for lane in LANES if lane.role == "io"],
+           "soft_shutdown_seconds": 330},
 }
+# After the soft-shutdown window: cancel and requeue what is left, close connections, exit.
+SHUTDOWN_MARGIN_SECONDS = 30
+
+
+def soft_shutdown_seconds(role: str) -> int:
+    """The role's soft-shutdown window; 0 (Celery's default: off) for a process that is no worker role."""
+    return ROLES[role]["soft_shutdown_seconds"] if role in ROLES else 0
+
+
+def termination_grace_seconds(role: str) -> int:
+    """Kubernetes' terminationGracePeriodSeconds for the role's pods: the window plus the margin."""
+    return soft_shutdown_seconds(role) + SHUTDOWN_MARGIN_SECONDS
 
 # Replicas of every quorum queue (x-quorum-initial-group-size), set explicitly: left out, RabbitMQ puts a
 # member on every node of the cluster, so a 7-node cluster would replicate every message 7 times. 3 keeps

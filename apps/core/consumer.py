@@ -18,6 +18,8 @@ from django.conf import settings
 
 from apps.core.broker import declare_dead_letter_queues
 from apps.core.delays import ensure_delay_topology
+from apps.core.probes import ProbeFiles
+from apps.core.shutdown import own_the_soft_shutdown_on_eventlet  # noqa: F401 - connects worker_ready
 from apps.core.tasks import running_on_eventlet
 
 logger = get_logger(__name__)
@@ -144,6 +146,8 @@ CELERY_DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedD
 
 
 class PlatformConsumer(Consumer):
+    holding = False  # set at SIGTERM on eventlet: deliveries stay unstarted (apps/core/shutdown.py)
+
     class Blueprint(Consumer.Blueprint):
         # Celery's native-delayed-delivery step is left out: DeclareTopology does its work on the consumer's
         # own connection (and Celery's binds nothing on direct exchanges). Celery's step treats every node of
@@ -154,15 +158,21 @@ class PlatformConsumer(Consumer):
         default_steps = [step for step in Consumer.Blueprint.default_steps if step != CELERY_DELAYED_DELIVERY_STEP]
 
     def __init__(self, *args, app=None, **kwargs):
-        app.steps["consumer"].update({DeclareTopology, EventBatching})
+        app.steps["consumer"].update({DeclareTopology, EventBatching, ProbeFiles})
         share_backend_between_green_threads(app)
         super().__init__(*args, app=app, **kwargs)
+
+    def on_ready(self):
+        super().on_ready()
+        self.probe_files.loop_started(self)  # both loops call on_ready once consuming (celery/worker/loops.py)
 
     def create_task_handler(self, *args, **kwargs):
         handle = super().create_task_handler(*args, **kwargs)
         max_bytes = settings.PLATFORM_MAX_MESSAGE_BYTES
 
         def on_task_received(message):
+            if self.holding:
+                return None  # unacked: RabbitMQ gives it back when this worker's connection closes
             if len(message.body) > max_bytes:
                 logger.error(
                     "Rejected a %d-byte message (limit %d, PLATFORM_MAX_MESSAGE_BYTES) for task %r: "

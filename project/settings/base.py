@@ -226,6 +226,14 @@ PLATFORM_MAX_MESSAGE_BYTES = env_int("PLATFORM_MAX_MESSAGE_BYTES", 4 * 1024 * 10
 # the base task (Celery's eventlet pool enforces none). Soft raises inside the task, hard kills it.
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 330)
+# Graceful shutdown: the worker start scripts set REMAP_SIGTERM=SIGQUIT, so SIGTERM (docker stop, Kubernetes)
+# starts Celery's cold shutdown, which first gives running tasks this many seconds (soft shutdown) and then
+# cancels the rest (requeued: acks_late). Per role, from project/topology.py ROLES (PLATFORM_WORKER_ROLE).
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = float(os.environ.get("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT")
+                                            or topology.soft_shutdown_seconds(os.environ.get("PLATFORM_WORKER_ROLE", "")))
+# Probe files for Kubernetes (apps/core/probes.py): written only where PLATFORM_PROBE_DIR is set.
+PLATFORM_PROBE_DIR = os.environ.get("PLATFORM_PROBE_DIR", "")
+PLATFORM_HEARTBEAT_SECONDS = float(os.environ.get("PLATFORM_HEARTBEAT_SECONDS", 10))  # heartbeat file touch interval
 
 # Retries (used by apps.core.tasks.PlatformTask): bounded, exponential with jitter, transient errors only.
 PLATFORM_TASK_MAX_RETRIES = env_int("PLATFORM_TASK_MAX_RETRIES", 5)

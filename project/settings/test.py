@@ -29,3 +29,6 @@ CELERY_TASK_ROUTES = {
     "tests.io.*": topology.route(topology.OPS_TRACE),
     **CELERY_TASK_ROUTES,  # noqa: F405
 }
+# Workers the tests start wait this long for running tasks at SIGTERM, not their role's production window
+# (minutes): tests that stop a busy worker would otherwise wait it out. Shutdown tests set their own.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = float(os.environ.get("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 5))

@@ -76,7 +76,7 @@ def test_warm_shutdown_under_load_redelivers_interrupted_work(start_worker, brok
     worker = start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
     keys, confirmed = publish(task, tmp_path, 80, seconds=0.3)
     wait_for(lambda: effects_count(tmp_path) >= 5, timeout=60, message="work in progress")
-    worker.kill(signal.SIGTERM)  # warm shutdown: finish what runs, give back what is reserved
+    worker.kill(signal.SIGTERM)  # soft shutdown (5 s in tests): finish what runs, give back what is reserved
     worker.proc.wait(timeout=120)
     start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
     wait_for(lambda: effects_count(tmp_path) == len(keys), timeout=180, message="every task after the restart")

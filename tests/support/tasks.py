@@ -140,3 +140,16 @@ def io_lineage(self, value):
 def io_spawn(self, count: int):
     """Plain calls from inside a running task: they must carry this task as parent and root."""
     return [io_lineage.delay(f"child-{i}").id for i in range(count)]
+
+
+@shared_task(name="tests.io.block_hub")
+def io_block_hub(seconds: float, path: str | None = None):
+    """Block the whole eventlet worker (a stuck consumer): the unpatched sleep never yields to the hub."""
+    import eventlet.patcher
+
+    if path:
+        mark(path, "start")
+    eventlet.patcher.original("time").sleep(seconds)
+    if path:
+        mark(path, "end")
+    return seconds

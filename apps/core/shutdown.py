@@ -1,0 +1,83 @@
+"""Soft shutdown on the eventlet pool, owned here because Celery's does not work there.
+
+The worker start scripts map SIGTERM to Celery's cold shutdown (REMAP_SIGTERM=SIGQUIT): on prefork it
+waits ``worker_soft_shutdown_timeout`` for running tasks, then cancels the rest, which the pool reports
+as lost and acks_late + reject_on_worker_lost requeue (tests/core/test_graceful_shutdown.py). On eventlet
+(Celery 5.7, eventlet 0.41) neither half works, both seen here:
+
+* the handler runs inside the hub's poll and its wait is a green sleep, which eventlet refuses there
+  ("RuntimeError: do not call blocking functions from the mainloop"); the worker logged an unrecoverable
+  error and then waited, unbounded, for its running tasks;
+* run in a green thread instead, the handler's basic_cancel read the consumer's socket while the main
+  loop was reading it ("Second simultaneous read on fileno 4"); and cancelling a task kills its green
+  thread, which the eventlet pool reports as a success (``_make_killable_target`` returns
+  ``(False, None, None)``), so Celery would ack a task that never finished: lost, not requeued.
+
+So on eventlet, SIGTERM (and SIGQUIT) start this instead: no new task starts (``PlatformConsumer.holding``:
+deliveries stay unacked), running tasks get the same ``worker_soft_shutdown_timeout``; when they are done
+the worker stops as in a warm shutdown (sooner than Celery's fixed wait); if some still run at the end of
+the window the process exits at once without acking them, so RabbitMQ requeues them when the connection
+drops, as it would after the kubelet's SIGKILL.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from celery import signals
+from celery.utils.log import get_logger
+
+from apps.core.tasks import running_on_eventlet
+
+logger = get_logger(__name__)
+
+SHUTDOWN_SIGNALS = ("SIGTERM", "SIGQUIT")
+EXIT_WITH_TASKS_REQUEUED = 1
+POLL_SECONDS = 0.2
+
+
+@signals.worker_ready.connect
+def own_the_soft_shutdown_on_eventlet(sender=None, **kwargs) -> None:
+    """Replace Celery's SIGTERM/SIGQUIT handlers (installed before worker_ready) on eventlet workers."""
+    if not running_on_eventlet():
+        return
+    handler = _start_soft_shutdown(sender)
+    for name in SHUTDOWN_SIGNALS:
+        signal.signal(getattr(signal, name), handler)
+
+
+def _start_soft_shutdown(consumer):
+    import eventlet
+
+    started = []
+
+    def on_signal(signum, frame):
+        if started:  # one soft shutdown; the kubelet's SIGKILL ends it if it ever overruns
+            return
+        started.append(signum)
+        consumer.holding = True
+        eventlet.spawn_n(_finish_or_give_back, consumer)
+
+    return on_signal
+
+
+def _finish_or_give_back(consumer) -> None:
+    import eventlet
+    from celery.worker import state
+
+    window = float(consumer.app.conf.worker_soft_shutdown_timeout)
+    logger.warning("Soft shutdown: waiting up to %ss for %d running task(s); starting no new ones",
+                   window, len(state.active_requests))
+    deadline = time.monotonic() + window
+    while state.active_requests and time.monotonic() < deadline:
+        eventlet.sleep(POLL_SECONDS)
+    if not state.active_requests:
+        logger.warning("Soft shutdown: no task running, stopping")
+        state.should_stop = 0  # the consumer loop raises WorkerShutdown at its next turn: a warm shutdown
+        return
+    logger.warning("Soft shutdown: %d task(s) still running after %ss; exiting without acknowledging them, "
+                   "RabbitMQ requeues them", len(state.active_requests), window)
+    logging.shutdown()  # flush the log lines above
+    os._exit(EXIT_WITH_TASKS_REQUEUED)

@@ -1,0 +1,82 @@
+"""SIGTERM to a busy worker (what Kubernetes and docker stop send): Celery's soft shutdown, then requeue.
+
+The start scripts map SIGTERM to Celery's cold shutdown (REMAP_SIGTERM=SIGQUIT), which first waits
+worker_soft_shutdown_timeout for running tasks (on eventlet, apps/core/shutdown.py does the same: Celery's
+own fails there). A task that ends within that window finishes and is acked; one that does not is cancelled
+and, being acks_late, requeued, and runs once on another worker. Each case runs in its own vhost, so no
+other worker can take the message.
+"""
+import signal
+
+import pytest
+from celery import states
+from django_celery_results.models import TaskResult
+
+from tests.support import rabbit
+from tests.support.tasks import cpu_sleep, io_sleep
+from tests.support.workers import Worker, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+CASES = [("cpu", cpu_sleep, "dataset"), ("io", io_sleep, "ops_trace")]
+WINDOW = 6  # seconds of soft shutdown for these workers (production windows are minutes: topology.ROLES)
+
+
+def marks(path) -> list[str]:
+    return [line.split()[-1] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def messages_in(vhost: str, queue: str) -> int:
+    """Ready + unacknowledged, as RabbitMQ counts them (what KEDA reads too)."""
+    [[count]] = [row[1:] for row in rabbit.list_table(vhost, "queues", "name", "messages") if row[0] == queue]
+    return int(count)
+
+
+def start(role, url, db_url):
+    return Worker(role, url, db_url, env={"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(WINDOW),
+                                          "CPU_CONCURRENCY": "1", "IO_CONCURRENCY": "5"}).start().wait_ready()
+
+
+def sigterm_while_running(worker: Worker, path) -> None:
+    wait_for(lambda: "start" in marks(path), timeout=60, message="the task to start")
+    worker.kill(signal.SIGTERM)  # to the main process only, as the kubelet signals PID 1
+    worker.proc.wait(timeout=WINDOW + 60)
+    worker.stop()
+
+
+@pytest.mark.parametrize("role, task, queue", CASES)
+def test_a_task_that_ends_within_the_window_finishes_and_is_acked(worker_db_url, tmp_path, role, task, queue):
+    path = tmp_path / "marks.log"
+    with rabbit.own_vhost("platform-k8s") as url:
+        worker = start(role, url, worker_db_url)
+        result = task.delay(WINDOW / 3, str(path))
+        sigterm_while_running(worker, path)
+        assert "soft shutdown" in worker.log().lower()  # Celery's on prefork, apps/core/shutdown.py's on eventlet
+        assert marks(path) == ["start", "end"]
+        assert TaskResult.objects.get(task_id=result.id).status == states.SUCCESS
+        wait_for(lambda: messages_in(rabbit_vhost(url), queue) == 0, timeout=30,
+                 message="an empty queue: the task acked, nothing left to run again")
+
+
+@pytest.mark.parametrize("role, task, queue", CASES)
+def test_a_task_longer_than_the_window_is_requeued_and_runs_once_elsewhere(worker_db_url, tmp_path, role, task, queue):
+    path = tmp_path / "marks.log"
+    with rabbit.own_vhost("platform-k8s") as url:
+        worker = start(role, url, worker_db_url)
+        result = task.delay(WINDOW * 3, str(path))
+        sigterm_while_running(worker, path)
+        assert marks(path) == ["start"]  # cut off at the end of the window
+        assert messages_in(rabbit_vhost(url), queue) == 1  # given back, not lost
+
+        replacement = start(role, url, worker_db_url)
+        try:
+            assert result.get(timeout=WINDOW * 3 + 60) == WINDOW * 3
+        finally:
+            replacement.stop()
+        assert marks(path) == ["start", "start", "end"]  # one interrupted attempt, one complete run
+        # The result is stored before the ack (acks_late): wait for the ack, not for the result.
+        wait_for(lambda: messages_in(rabbit_vhost(url), queue) == 0, timeout=30, message="the ack of the rerun")
+
+
+def rabbit_vhost(url: str) -> str:
+    return url.rsplit("/", 1)[1]
