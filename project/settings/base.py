@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: the API docs work offline
     "django_celery_results",
     "django_celery_beat",
     "apps.core",
@@ -104,6 +105,9 @@ def database_config(url: str) -> dict:
     return config
 
 
+if "DATABASE_URL" not in os.environ:
+    # The default SQLite file lives in var/: create it here, so `manage.py migrate` works in a fresh checkout.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
 DATABASES = {
     "default": database_config(os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")),
 }
@@ -138,7 +142,11 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Task platform API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Task platform API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False,
+    # From our own static files (drf-spectacular-sidecar), not a CDN: the docs page must load offline.
+    "SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR",
+}
 
 LOGGING = {
     "version": 1,
