@@ -19,6 +19,7 @@ from django.utils import timezone
 from kombu import Connection, Consumer, Exchange, Queue
 
 from apps.control import ledger, states
+from apps.core import workers
 from apps.control.models import DeadLetter, TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ def task_events(bodies) -> list[dict]:
             if isinstance(event, dict) and str(event.get("type", "")).startswith("task-") and event.get("uuid"):
                 events.append(event)
     return events
+
+
+def worker_events(bodies) -> list[dict]:
+    return [event for body in bodies for event in (body if isinstance(body, list) else [body])
+            if isinstance(event, dict) and str(event.get("type", "")).startswith("worker-")]
 
 
 def record_events(events: list[dict]) -> int:
@@ -139,8 +145,9 @@ class Recorder:
 
         with Connection(self.broker_url, heartbeat=30) as connection:
             connection.ensure_connection(max_retries=3)
-            with Consumer(connection, queues=[ledger_queue()], callbacks=[on_message], accept=["json"],
-                          prefetch_count=self.batch_size):
+            # Task events for the ledger; worker heartbeats for the worker registry (fast status).
+            with Consumer(connection, queues=[ledger_queue(), workers.heartbeat_queue()], callbacks=[on_message],
+                          accept=["json"], prefetch_count=self.batch_size):
                 logger.info("Recorder consuming %s", LEDGER_QUEUE)
                 first_at = None
                 while not self.stopping.is_set():
@@ -158,5 +165,7 @@ class Recorder:
 
     def _flush(self, pending: list) -> None:
         close_old_connections()
-        self.recorded += record_events(task_events(body for body, _ in pending))
+        bodies = [body for body, _ in pending]
+        self.recorded += record_events(task_events(bodies))
+        workers.record_worker_events(worker_events(bodies))
         pending[-1][1].ack(multiple=True)  # only after the commit: a crash replays, never loses
