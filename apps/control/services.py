@@ -302,7 +302,8 @@ def sweep_lost(lost_after: int | None = None) -> list[str]:
 
     def nothing_waiting(queue: str) -> bool:
         queues = [queue] if queue else [lane.name for lane in topology.LANES]
-        return all(depths.get(q) == 0 and depths.get(topology.dead_letter_queue_name(q), 0) == 0 for q in queues)
+        # A dead-letter queue not declared yet holds nothing; a work queue that is missing cannot tell.
+        return all(depths.get(q) == 0 and not depths.get(topology.dead_letter_queue_name(q)) for q in queues)
 
     lost = [task_id for task_id, name, queue in candidates
             if task_id not in held and nothing_waiting(queue or _routed_queue(name))]
