@@ -145,7 +145,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Task platform API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False,
     # From our own static files (drf-spectacular-sidecar), not a CDN: the docs page must load offline.
-    "SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR",
+    # (No ReDoc page: its template also loads Google fonts.)
+    "SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 LOGGING = {
