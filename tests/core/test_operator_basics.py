@@ -74,3 +74,33 @@ def test_migrate_works_in_a_fresh_checkout_without_var(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (fresh / "db.sqlite3").exists()
+
+
+def test_the_local_stack_runs_on_a_vhost_of_its_checkout_by_default():
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
+    env["DJANGO_SETTINGS_MODULE"] = "project.settings.local"
+    url = subprocess.run([sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+                          "print(settings.CELERY_BROKER_URL)"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120).stdout.strip()
+    vhost = url.rsplit("/", 1)[1]
+    assert vhost.startswith(f"platform-{ROOT.name}-") and vhost != ""  # not the shared default vhost "/"
+
+
+def test_local_vhost_creates_the_missing_vhost_with_rabbitmqctl():
+    import uuid
+
+    from tests.support import rabbit
+
+    vhost = f"platform-test-local-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.local", "CELERY_BROKER_URL": rabbit.vhost_url(vhost)}
+    try:
+        result = subprocess.run([sys.executable, "manage.py", "local_vhost"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert f"created RabbitMQ vhost {vhost}" in result.stdout
+        assert vhost in rabbit.rabbitmqctl("list_vhosts").split()
+        again = subprocess.run([sys.executable, "manage.py", "local_vhost"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0 and again.stdout == ""  # there already: nothing to do
+    finally:
+        rabbit.delete_vhost(vhost)
