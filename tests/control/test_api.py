@@ -127,6 +127,12 @@ def test_pool_restart_and_shutdown(start_worker, api):
 
 def test_metrics(recorder, io_worker, api, broker_url):
     wait_state(io_echo.delay(1).id, states.SUCCESS)
+
+    def eventlet_worker_known():  # workers come from the recorder's registry: wait for the io worker's announcement
+        text = api.get("/api/v1/metrics/").content.decode()
+        return 'platform_workers_online{pool="eventlet"} 0.0' not in text
+
+    wait_for(eventlet_worker_known, timeout=30, interval=0.5, message="the io worker in the registry")
     response = api.get("/api/v1/metrics/")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
