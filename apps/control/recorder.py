@@ -5,6 +5,9 @@ confirmed publish (plus the task-sent event Celery sends anyway, settings.CELERY
 and workers write nothing extra per task. One recorder process consumes a durable queue bound to the
 ``celeryev`` exchange, so events published while it restarts wait for it; it acks a batch only after
 the batch is committed (a crash replays the batch; applying an event twice is harmless).
+
+It also consumes worker events (heartbeats, announcements, goodbyes) from ``core.worker_heartbeats`` into
+the worker registry (apps/core/workers.py), which `health`, `stats/` and `workers/` answer from.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from django.utils import timezone
 from kombu import Connection, Consumer, Exchange, Queue
 
 from apps.control import ledger, states
-from apps.core import workers
 from apps.control.models import DeadLetter, TaskRecord
+from apps.core import workers
 
 logger = logging.getLogger(__name__)
 
