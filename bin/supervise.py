@@ -190,5 +190,6 @@ if __name__ == "__main__":
     if args.check_ports:
         sys.exit(check_ports(args.roles))
     banner = Path(args.banner).read_text().rstrip("\n") if args.banner else ""
-    started = float(os.environ["PLATFORM_RUN_STARTED"]) if os.environ.get("PLATFORM_RUN_STARTED") else None
+    # bin/run's start time ($EPOCHREALTIME: its decimal separator follows the locale)
+    started = float(os.environ["PLATFORM_RUN_STARTED"].replace(",", ".")) if os.environ.get("PLATFORM_RUN_STARTED") else None
     sys.exit(main(args.roles, banner, started))
