@@ -5,8 +5,8 @@ too (prefork children, uvicorn workers), and a Ctrl-C meant for the terminal's f
 only this supervisor, which then stops every group itself. Output is prefixed with the role name. Our own
 output may go away at any moment (`bin/run | tee` whose tee died from the same Ctrl-C, a closed terminal):
 writing then fails, and the supervisor carries on stopping the stack silently instead of dying with its
-children still running. If one process exits, the whole stack is stopped: a half-running stack is worse
-than a clear stop.
+children still running; if nobody reads our output any more, the stack is stopped too. If one process
+exits, the whole stack is stopped: a half-running stack is worse than a clear stop.
 
 `--check-ports` (stdlib only, runs before .venv exists) says in one line which port is taken and which
 variable moves it. `--banner FILE` prints that file, with "ready in N s", once every role is ready.
@@ -83,11 +83,13 @@ def port_open(host: str, port: int) -> bool:
 
 class Output:
     """Our stdout, which may vanish: after the first failed write nothing more is written (the child
-    pipes are still drained so no child blocks on a full pipe)."""
+    pipes are still drained so no child blocks on a full pipe) and ``on_gone`` is called: a stack nobody
+    can see any more is stopped, as a writer is by SIGPIPE."""
 
-    def __init__(self):
+    def __init__(self, on_gone=lambda: None):
         self.lock = threading.Lock()
         self.gone = False
+        self.on_gone = on_gone
 
     def write(self, text: str) -> None:
         with self.lock:
@@ -98,6 +100,7 @@ class Output:
                 sys.stdout.flush()
             except (OSError, ValueError):  # EPIPE (reader died), EIO (terminal closed)
                 self.gone = True
+                self.on_gone()
 
 
 def pump(name: str, color: str, stream, out: Output, ready: dict, ready_line) -> None:
@@ -134,7 +137,7 @@ def stop_all(processes: dict[str, subprocess.Popen], out: Output) -> None:
 def main(roles: list[str], banner: str = "", started_at: float | None = None) -> int:
     processes: dict[str, subprocess.Popen] = {}
     stopping = threading.Event()
-    out = Output()
+    out = Output(on_gone=stopping.set)
     ready: dict[str, float] = {}
     started_at = started_at or time.time()
 

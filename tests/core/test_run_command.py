@@ -153,3 +153,20 @@ def test_supervisor_stops_its_children_on_hangup_and_terminate_even_piped(tmp_pa
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
         log.close()
+
+
+def test_supervisor_stops_the_stack_when_nobody_reads_its_output(tmp_path):
+    """`bin/run | head -1`: once the reader is gone, a stack nobody can see is stopped, not left running."""
+    port = free_port()
+    env = {**os.environ, "SMTP_SINK_PORT": str(port), "PLATFORM_VAR_DIR": str(tmp_path),
+           "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    shell = subprocess.Popen(["bash", "-c", "python bin/supervise.py smtp-sink | head -1"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = shell.communicate(timeout=90)  # returns once the supervisor, too, has exited
+        assert out.decode().startswith("smtp-sink ")
+        assert wait_for(lambda: port_free(port), timeout=30, message="the sink's port to be free")
+        assert not subprocess.run(["pgrep", "-f", f"smtp_sink --port {port}"], capture_output=True).stdout
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
