@@ -1,6 +1,6 @@
 """Admin: the ledger (read-only), dead letters (replay/purge), paused queues (pause/resume), the audit trail."""
 from django.contrib import admin, messages
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -36,7 +36,8 @@ class TaskRecordAdmin(ReadOnly, admin.ModelAdmin):
                      name="control_taskrecord_live")] + super().get_urls()
 
     def live_view(self, request, task_id):
-        record = get_object_or_404(TaskRecord, task_id=task_id)
+        # Right after enqueue the recorder may not have written the row yet: the page waits for its events.
+        record = TaskRecord.objects.filter(task_id=task_id).first() or TaskRecord(task_id=task_id, state="")
         return render(request, "control/progress.html", {**self.admin_site.each_context(request), "record": record,
                                                          "title": f"{record.name} {record.task_id}"})
 

@@ -19,8 +19,10 @@ OWNER_SETTLE_SECONDS = 5.0
 
 
 def _snapshot(record: TaskRecord) -> dict:
+    # A finished task's last step ("merging") is history, not its state: only active tasks show one.
+    step, message = ("", "") if record.finished else (record.progress_step, record.progress_message)
     return {"task_id": record.task_id, "state": record.state, "event": "snapshot", "name": record.name,
-            "step": record.progress_step, "message": record.progress_message, "current": record.progress_current,
+            "queue": record.queue, "step": step, "message": message, "current": record.progress_current,
             "total": record.progress_total, "result": record.result or None, "error": record.error or None}
 
 

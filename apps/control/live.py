@@ -40,6 +40,8 @@ def message_for(event: dict) -> dict | None:
         message["error"] = event.get("exception")
     if event.get("name"):
         message["name"] = event["name"]
+    if event.get("queue"):  # task-sent says where it went
+        message["queue"] = event["queue"]
     return message
 
 

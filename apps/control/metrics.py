@@ -73,7 +73,7 @@ class PlatformCollector:
             runtime.add_metric([row["name"] or "unknown"], cumulative, sum_value=row["seconds"] or 0.0)
         yield runtime
 
-        workers = GaugeMetricFamily("platform_workers_online", "Workers answering a ping, by pool", labels=["pool"])
+        workers = GaugeMetricFamily("platform_workers_online", "Workers online (as the recorder last heard them), by pool", labels=["pool"])
         try:
             online = selectors.workers(timeout=1.0)
         except Exception:  # noqa: BLE001

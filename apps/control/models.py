@@ -54,6 +54,11 @@ class TaskRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.name or '?'}[{self.task_id}] {self.state}"
 
+    @property
+    def finished(self) -> bool:
+        """In a final state: its last progress step ("merging") no longer describes it."""
+        return self.state in states.TERMINAL
+
 
 class DeadLetter(models.Model):
     """A message taken off ``<queue>.dead`` into the database (snapshot), so it can be browsed safely.

@@ -5,6 +5,9 @@ confirmed publish (plus the task-sent event Celery sends anyway, settings.CELERY
 and workers write nothing extra per task. One recorder process consumes a durable queue bound to the
 ``celeryev`` exchange, so events published while it restarts wait for it; it acks a batch only after
 the batch is committed (a crash replays the batch; applying an event twice is harmless).
+
+It also consumes worker events (heartbeats, announcements, goodbyes) from ``core.worker_heartbeats`` into
+the worker registry (apps/core/workers.py), which `health`, `stats/` and `workers/` answer from.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from apps.control import ledger, states
 from apps.control.models import DeadLetter, TaskRecord
 from apps.core import cluster
 from apps.core.broker import TRANSIENT_ERRORS, describe
+from apps.core import workers
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,11 @@ def task_events(bodies) -> list[dict]:
             if isinstance(event, dict) and str(event.get("type", "")).startswith("task-") and event.get("uuid"):
                 events.append(event)
     return events
+
+
+def worker_events(bodies) -> list[dict]:
+    return [event for body in bodies for event in (body if isinstance(body, list) else [body])
+            if isinstance(event, dict) and str(event.get("type", "")).startswith("worker-")]
 
 
 def record_events(events: list[dict]) -> int:
@@ -141,8 +150,9 @@ class Recorder:
 
         with cluster.connection(self.broker_url, heartbeat=30) as connection:
             connection.ensure_connection(max_retries=3)
-            with Consumer(connection, queues=[ledger_queue()], callbacks=[on_message], accept=["json"],
-                          prefetch_count=self.batch_size):
+            # Task events for the ledger; worker heartbeats for the worker registry (fast status).
+            with Consumer(connection, queues=[ledger_queue(), workers.heartbeat_queue()], callbacks=[on_message],
+                          accept=["json"], prefetch_count=self.batch_size):
                 logger.info("Recorder consuming %s", LEDGER_QUEUE)
                 first_at = None
                 while not self.stopping.is_set():
@@ -160,5 +170,7 @@ class Recorder:
 
     def _flush(self, pending: list) -> None:
         close_old_connections()
-        self.recorded += record_events(task_events(body for body, _ in pending))
+        bodies = [body for body, _ in pending]
+        self.recorded += record_events(task_events(bodies))
+        workers.record_worker_events(worker_events(bodies))
         pending[-1][1].ack(multiple=True)  # only after the commit: a crash replays, never loses

@@ -28,22 +28,34 @@ def queue_depth_map() -> dict[str, int | None]:
     return {d.name: d.messages for d in queue_depths(topology.all_queue_names())}
 
 
+def workers(timeout: float = 1.5, live: bool = False) -> list[dict]:
+    """Online workers: role, pool, concurrency, queues, the tasks each is running, and how old that is.
 
-def workers(timeout: float = 1.5) -> list[dict]:
-    """Online workers: role, pool, concurrency, queues consumed now (paused ones drop out), active tasks."""
+    By default from what is already known: the recorder's worker registry (apps/core/workers.py), paused
+    queues taken out, running tasks from the ledger. ``live``: a broadcast inspection (waits ``timeout``)."""
     from apps.core.health import worker_report
 
-    return worker_report(timeout=timeout, include_active=True)
+    if live:
+        return worker_report(timeout=timeout, include_active=True, live=True)
+    paused = set(PausedQueue.objects.values_list("queue", flat=True))
+    found = worker_report(live=False)
+    running: dict[str, list[dict]] = {}
+    for task_id, name, hostname, started in TaskRecord.objects.filter(
+            state__in=states.RUNNING, worker__in=[w["hostname"] for w in found]).values_list(
+            "task_id", "name", "worker", "started_at"):
+        running.setdefault(hostname, []).append({"id": task_id, "name": name,
+                                                 "started": started.timestamp() if started else None})
+    for worker in found:
+        worker["queues"] = [q for q in worker["queues"] if q not in paused]
+        worker["active_tasks"] = running.get(worker["hostname"], [])
+    return found
 
 
 def task_ids_held_by_workers(timeout: float = 1.5) -> set[str]:
-    inspect = _app().control.inspect(timeout=timeout)
-    held: set[str] = set()
-    for answer in (inspect.active(), inspect.reserved(), inspect.scheduled()):
-        for tasks in (answer or {}).values():
-            for task in tasks:
-                held.add(task.get("id") or (task.get("request") or {}).get("id"))
-    return held
+    """Tasks this deployment's workers hold right now (a broadcast; foreign workers do not count)."""
+    from apps.core.workers import held_task_ids
+
+    return held_task_ids(timeout=timeout)
 
 
 def queues_status(with_depths: bool = True) -> list[dict]:

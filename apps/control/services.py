@@ -282,16 +282,19 @@ def sweep_lost(lost_after: int | None = None) -> list[str]:
     """Mark LOST the tasks that nobody holds any more. A task is LOST when all of these hold:
     * it is QUEUED, STARTED, PROGRESS or RETRY and no event about it arrived for ``lost_after`` seconds
       (CONTROL_LOST_AFTER), and it is not due later (ETA);
-    * no online worker reports it as active, reserved or scheduled;
+    * no online worker of this deployment reports it as active, reserved or scheduled (a worker of
+      another stack on the same vhost does not count: it runs the task against another database);
     * its queue holds no ready message at all (so the broker cannot be holding it) and none of its
-      dead letters is waiting in ``<queue>.dead``.
+      dead letters is waiting in ``<queue>.dead``. A row whose queue the ledger never learnt (its
+      task-sent event went elsewhere: to another stack's recorder on a shared vhost) is placed by its
+      task name's route; with no name either, every work queue must be empty.
     When the broker or the workers cannot be asked, nothing is marked (unknown is not LOST).
     """
     lost_after = settings.CONTROL_LOST_AFTER if lost_after is None else lost_after
     now = timezone.now()
     cutoff = now - timedelta(seconds=lost_after)
     candidates = list(TaskRecord.objects.filter(state__in=states.ACTIVE, updated_at__lt=cutoff)
-                      .exclude(eta__gt=cutoff).values_list("task_id", "queue"))
+                      .exclude(eta__gt=cutoff).values_list("task_id", "name", "queue"))
     if not candidates:
         return []
     try:
@@ -300,12 +303,28 @@ def sweep_lost(lost_after: int | None = None) -> list[str]:
     except Exception as exc:  # noqa: BLE001  (can't tell: leave them)
         logger.warning("LOST sweep skipped: %s", exc)
         return []
-    lost = [task_id for task_id, queue in candidates
-            if task_id not in held
-            and depths.get(queue) == 0
-            and depths.get(topology.dead_letter_queue_name(queue), 0) == 0]
+
+    def nothing_waiting(queue: str) -> bool:
+        queues = [queue] if queue else [lane.name for lane in topology.LANES]
+        # A dead-letter queue not declared yet holds nothing; a work queue that is missing cannot tell.
+        return all(depths.get(q) == 0 and not depths.get(topology.dead_letter_queue_name(q)) for q in queues)
+
+    lost = [task_id for task_id, name, queue in candidates
+            if task_id not in held and nothing_waiting(queue or _routed_queue(name))]
     if lost:
         TaskRecord.objects.filter(task_id__in=lost, state__in=states.ACTIVE, updated_at__lt=cutoff).update(
             state=states.LOST, provisional=True, finished_at=now,
-            error=f"no event for {lost_after}s, no worker reports it and its queue is empty")
+            error=f"no event for {lost_after}s, no worker of this deployment holds it and its queue is empty")
     return lost
+
+
+def _routed_queue(task_name: str) -> str:
+    """The queue the task's route sends it to ("" when the name is unknown or routes nowhere)."""
+    if not task_name:
+        return ""
+    try:
+        queue = _app().amqp.router.route({}, task_name).get("queue")
+    except Exception:  # noqa: BLE001  (an unroutable name: treat as unknown)
+        return ""
+    name = getattr(queue, "name", queue) or ""
+    return name if name in topology.LANES_BY_NAME else ""

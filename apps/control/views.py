@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 
 from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
@@ -29,9 +30,11 @@ from apps.control.serializers import (
     TaskPageSerializer,
     TaskSerializer,
 )
+from apps.core.views import wants_live
 
 ERRORS = {code: OpenApiResponse(ErrorSerializer) for code in (400, 401, 403, 404, 409, 503)}
 ANY = inline_serializer("AnyObject", fields={}, required=False)
+LIVE = OpenApiParameter("live", OpenApiTypes.BOOL, description="ask the workers now (a broadcast: slower)")
 
 
 class ControlView(APIView):
@@ -113,9 +116,18 @@ class TaskRetryView(ControlView):
 class StatsView(ControlView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses={200: ANY, **ERRORS}, summary="Counts per state and queue, queue depths, workers")
+    @extend_schema(responses={200: ANY, **ERRORS}, parameters=[LIVE],
+                   summary="Counts per state and queue, queue depths, workers (as last heard; ?live=1 asks them)")
     def get(self, request):
-        return Response({**selectors.state_counts(), "queues": _queues_or_error(), "workers": selectors.workers()})
+        return Response({**selectors.state_counts(), "queues": _queues_or_error(),
+                         "workers": selectors.workers(live=wants_live(request)), **_sources(request)})
+
+
+def _sources(request) -> dict:
+    """How old each part of the answer is: the client can tell a fresh fact from a remembered one."""
+    return {"checked_at": timezone.now().isoformat(), "queues_source": "RabbitMQ passive declares, now",
+            "workers_source": "broadcast inspection, now" if wants_live(request) else
+            "heartbeats recorded by the event recorder (seen_seconds_ago: age of each); running tasks from the ledger"}
 
 
 def _queues_or_error():
@@ -125,9 +137,12 @@ def _queues_or_error():
 class WorkerListView(ControlView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses={200: ANY, **ERRORS}, summary="Online workers: pool, concurrency, queues, active tasks")
+    @extend_schema(responses={200: ANY, **ERRORS}, parameters=[LIVE],
+                   summary="Online workers: pool, concurrency, queues, active tasks (as last heard; ?live=1 asks them)")
     def get(self, request):
-        return Response({"workers": selectors.workers()})
+        sources = _sources(request)
+        del sources["queues_source"]
+        return Response({"workers": selectors.workers(live=wants_live(request)), **sources})
 
 
 class WorkerPoolRestartView(ControlView):

@@ -7,3 +7,8 @@ class CoreConfig(AppConfig):
 
     def ready(self):
         from apps.core import signals  # noqa: F401  (connects post_migrate)
+        from apps.core.workers import AnnounceWorker
+        from project.celery import app
+
+        # Every worker announces its pool, queues and deployment: fast status and foreign-worker checks.
+        app.steps["consumer"].add(AnnounceWorker)

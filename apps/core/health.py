@@ -1,47 +1,42 @@
-"""What `manage.py health` and /api/v1/health/ report: broker, database, workers per role, queue depths."""
+"""What `manage.py health` and /api/v1/health/ report: broker, database, workers per role, queue depths.
+
+Fast by default: workers as the event recorder last heard them (apps/core/workers.py), queue depths and
+consumer counts from RabbitMQ with passive declares, nothing waits for a broadcast. Each fact says how
+old it is. ``live=True`` asks the workers instead (a broadcast that waits its reply timeout).
+
+Besides what is down, it flags what would make tasks vanish quietly: workers on our broker that are not
+part of this deployment, consumers on our queues that none of our workers accounts for, and an event
+recorder that is missing (no heartbeats: the worker list is stale) or doubled (events split between two).
+"""
 from __future__ import annotations
 
-from django.db import connection
+import time
 
+from django.db import connection
+from django.utils import timezone
+
+from apps.core import workers as worker_registry
 from apps.core.broker import BrokerUnavailable, check_broker, queue_depths
 from apps.core.cluster import cluster_report
 from project import topology
 
-
-def _pool_name(implementation: str) -> str:
-    # 'celery.concurrency.eventlet:TaskPool' -> 'eventlet'
-    return implementation.rsplit(":", 1)[0].rsplit(".", 1)[-1] if implementation else "?"
+ISOLATION_HINT = "give each stack a RabbitMQ vhost of its own (CELERY_BROKER_URL; bin/run does by default)"
 
 
-def worker_report(timeout: float = 2.0, include_active: bool = False) -> list[dict]:
-    """Online workers with role, pool, concurrency, pid and the queues each consumes (and, if asked, the
-    tasks each is running)."""
-    from project.celery import app
-
-    inspect = app.control.inspect(timeout=timeout)
-    stats = inspect.stats() or {}
-    queues = inspect.active_queues() or {}
-    active = (inspect.active() or {}) if include_active else {}
-    workers = []
-    for hostname in sorted(stats):
-        pool = stats[hostname].get("pool", {})
-        worker = {
-            "hostname": hostname,
-            "role": hostname.split("@", 1)[0].split("-", 1)[0],  # node "cpu@host" or "cpu-2@host": role cpu
-            "pool": _pool_name(pool.get("implementation", "")),
-            "concurrency": pool.get("max-concurrency"),
-            "queues": sorted(q["name"] for q in queues.get(hostname, [])),
-            "pid": stats[hostname].get("pid"),
-        }
-        if include_active:
-            worker["active_tasks"] = [{"id": t.get("id"), "name": t.get("name"), "started": t.get("time_start")}
-                                      for t in active.get(hostname, [])]
-        workers.append(worker)
-    return workers
+def worker_report(timeout: float = 1.0, include_active: bool = False, live: bool = True) -> list[dict]:
+    """Workers with role, pool, concurrency, pid, queues, ``foreign`` and ``seen_seconds_ago``: asked
+    now (``live``), or as last heard by the recorder."""
+    if live:
+        return worker_registry.live_workers(timeout=timeout, include_active=include_active)
+    return worker_registry.known_workers()
 
 
-def health_report() -> dict:
-    report: dict = {"ok": True, "problems": []}
+def health_report(live: bool = False, timeout: float = 1.0) -> dict:
+    started = time.monotonic()
+    report: dict = {"ok": True, "problems": [], "checked_at": timezone.now().isoformat(),
+                    "workers_source": "broadcast inspection, now" if live else
+                    "heartbeats recorded by the event recorder (seen_seconds_ago: age of each)",
+                    "queues_source": "RabbitMQ passive declares, now"}
 
     try:
         check_broker()
@@ -57,10 +52,19 @@ def health_report() -> dict:
         report.update(database=f"unreachable: {exc}", ok=False)
         report["problems"].append(f"database unreachable: {exc}")
 
-    report["workers"] = worker_report() if report["broker"] == "ok" else []
+    can_ask = report["broker"] == "ok" if live else report["database"].startswith("ok")
+    report["workers"] = worker_report(timeout=timeout, live=live) if can_ask else []
+    ours = [w for w in report["workers"] if not w["foreign"]]
+    for worker in report["workers"]:
+        if worker["foreign"]:
+            report["problems"].append(
+                f"worker {worker['hostname']} (pid {worker['pid']}) consumes {', '.join(worker['queues']) or 'queues'} "
+                f"on this broker but is not part of this deployment (another stack?): it takes this deployment's "
+                f"tasks and runs them against another database; {ISOLATION_HINT}")
+
     report["roles"] = {}
     for role, spec in topology.ROLES.items():
-        online = [w for w in report["workers"] if w["role"] == role]
+        online = [w for w in ours if w["role"] == role]
         missing_queues = sorted(set(spec["queues"]) - {q for w in online for q in w["queues"]})
         report["roles"][role] = {"expected_pool": spec["pool"], "online": len(online), "missing_queues": missing_queues}
         if not online:
@@ -70,19 +74,42 @@ def health_report() -> dict:
 
     report["queues"] = []
     if report["broker"] == "ok":
+        names = topology.all_queue_names()
         try:
-            depths = queue_depths(topology.all_queue_names())
+            depths = {d.name: d for d in queue_depths([*names, worker_registry.HEARTBEAT_QUEUE])}
         except BrokerUnavailable as exc:  # reachable a moment ago, not now
-            depths = []
+            depths = {}
             report["problems"].append(str(exc))
-        for depth in depths:
-            report["queues"].append({"name": depth.name, "messages": depth.messages, "consumers": depth.consumers,
+        for name in names if depths else []:
+            depth = depths[name]
+            report["queues"].append({"name": name, "messages": depth.messages, "consumers": depth.consumers,
                                      "unavailable": depth.unavailable})
             if depth.unavailable:
                 report["problems"].append(depth.unavailable)
             elif depth.messages is None:
-                report["problems"].append(f"queue {depth.name} is not declared (start a worker to declare it)")
+                report["problems"].append(f"queue {name} is not declared (start a worker to declare it)")
+            accounted = sum(1 for w in ours if name in w["queues"])  # one consumer per queue per worker
+            if depth.consumers and depth.consumers > accounted:
+                report["problems"].append(
+                    f"queue {name} has {depth.consumers} consumer(s) but this deployment's workers account for "
+                    f"{accounted}: something else takes its tasks; {ISOLATION_HINT}")
+        if depths and not live:
+            _check_recorder(report, depths[worker_registry.HEARTBEAT_QUEUE])
     report["cluster"] = cluster_report()  # every node up/down, each queue's leader and members
     report["problems"].extend(report["cluster"]["problems"])
     report["ok"] = not report["problems"]
+    report["elapsed_ms"] = round(1000 * (time.monotonic() - started), 1)
     return report
+
+
+def _check_recorder(report: dict, heartbeats) -> None:
+    recorders = heartbeats.consumers or 0
+    report["recorders"] = recorders
+    if recorders == 0:
+        report["problems"].append(
+            "the event recorder is not running: worker heartbeats are not recorded, so the workers above are "
+            "as last heard (start compose/start/recorder, or ask the workers: --live / ?live=1)")
+    elif recorders > 1:
+        report["problems"].append(
+            f"{recorders} event recorders consume this broker's worker events: two stacks share this vhost "
+            f"and split each other's events; {ISOLATION_HINT}")

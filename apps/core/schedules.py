@@ -95,3 +95,11 @@ DEFAULT_SCHEDULES.append(
         description="Re-enqueues outbox messages whose task was lost or whose worker died mid-send (apps/mail).",
     )
 )
+DEFAULT_SCHEDULES.append(
+    DefaultSchedule(
+        name="Datasets: recover stuck imports",
+        task="datasets.recover_stuck",
+        every_seconds=60,
+        description="Re-publishes imports no worker took, fails those whose worker vanished (apps/datasets).",
+    )
+)

@@ -42,6 +42,10 @@ class Dataset(models.Model):
     start_task_id = models.CharField(max_length=64, blank=True)
     chunk_task_ids = models.JSONField(default=list, blank=True)
 
+    # The watchdog (services.recover_stuck): how often it re-published the start task, and when last.
+    requeues = models.PositiveIntegerField(default=0)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

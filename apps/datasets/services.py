@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import kombu.exceptions
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from apps.datasets import pipeline
@@ -24,7 +25,7 @@ from apps.datasets.source import DatasetInputError, Plan
 
 logger = logging.getLogger(__name__)
 
-OPTION_KEYS = {"chunk_bytes", "soft_time_limit", "time_limit", "pause_per_chunk", "encoding"}
+OPTION_KEYS = {"chunk_bytes", "soft_time_limit", "time_limit", "pause_per_chunk", "pause_in_scan", "encoding"}
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -219,12 +220,21 @@ def _report(task, dataset: Dataset | int) -> None:
 def start_import(dataset_id: int, task) -> dict:
     """Scan the file, then fan the chunks out to prefork children with a chord that merges them (one
     confirmed batch: apps/core/bulk.py)."""
-    started = Dataset.objects.filter(pk=dataset_id, status=Status.QUEUED).update(
+    may_start = Q(status=Status.QUEUED)
+    if (task.request.delivery_info or {}).get("redelivered"):
+        # RabbitMQ gave this message back: the worker that took it died. If it died during the scan (before
+        # any chunk was published), scan again; otherwise the dataset would stay RUNNING forever.
+        may_start |= Q(status=Status.RUNNING, stage="scanning")
+    started = Dataset.objects.filter(may_start, pk=dataset_id).update(
         status=Status.RUNNING, stage="scanning", started_at=timezone.now())
     if not started:
         return {"dataset_id": dataset_id, "skipped": "not queued (cancelled?)"}
     dataset = Dataset.objects.get(pk=dataset_id)
     _report(task, dataset)
+    if dataset.options.get("pause_in_scan"):
+        import time
+
+        time.sleep(float(dataset.options["pause_in_scan"]))  # demo/test option: a worker can be killed mid-scan
     plan = pipeline.plan_import(dataset.source_path, workdir_for(dataset), limits_for(dataset),
                                 encoding=dataset.options.get("encoding"))
     chunk_ids = [str(uuid.uuid4()) for _ in plan.chunks]
@@ -292,3 +302,77 @@ def finish_import(results: list[dict], dataset_id: int, task) -> dict:
                      column_count=profile["columns_count"], rows_processed=profile["rows"])
     return {"dataset_id": dataset_id, "status": Status.READY if stored else "settled elsewhere", "stored": stored,
             "rows": profile["rows"]}
+
+
+# --- the watchdog: nothing stuck forever ---------------------------------------------------------------
+
+def recover_stuck(stale_after: float | None = None, max_requeues: int | None = None) -> dict:
+    """Find imports nobody is working on and deal with them, like mail's requeue_stale:
+
+    * QUEUED for ``stale_after`` seconds (since created or last re-published), its start task held by no
+      worker of this deployment: published again (the conditional QUEUED -> RUNNING admits one copy), at
+      most ``max_requeues`` times; then FAILED with the reason. Seen when another stack's worker on the
+      same vhost took the message, or a publish was lost.
+    * RUNNING for ``stale_after`` seconds, none of its tasks held by a worker of this deployment and no
+      progress meanwhile: FAILED with the reason (its worker vanished with the work).
+
+    Only while the dataset queue has no ready message: a message waiting there may be the one that will
+    move the import on (a killed worker's task goes back to the queue), so nothing is decided then.
+    """
+    from apps.core.broker import queue_depths
+    from apps.core.workers import held_task_ids
+    from project import topology
+
+    stale_after = settings.DATASETS_STALE_AFTER if stale_after is None else stale_after
+    max_requeues = settings.DATASETS_MAX_REQUEUES if max_requeues is None else max_requeues
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stale_after)
+    queued = list(Dataset.objects.filter(status=Status.QUEUED).filter(
+        Q(requeued_at__lt=cutoff) | Q(requeued_at__isnull=True, created_at__lt=cutoff)))
+    running = list(Dataset.objects.filter(status=Status.RUNNING, started_at__lt=cutoff))
+    outcome: dict = {"requeued": [], "failed": [], "waiting_in_queue": False}
+    if not queued and not running:
+        return outcome
+
+    def waiting() -> bool:
+        [depth] = queue_depths([topology.DATASET])
+        return depth.messages != 0  # a message is waiting (or the queue is missing: cannot tell)
+
+    progress = {d.pk: (d.stage, d.chunks_done) for d in running}
+    if waiting():
+        outcome["waiting_in_queue"] = True
+        return outcome
+    held = held_task_ids()
+    if waiting():  # published meanwhile: a task moved the import on between the two looks
+        outcome["waiting_in_queue"] = True
+        return outcome
+
+    for dataset in queued:
+        if dataset.start_task_id in held:
+            continue
+        age = round((now - dataset.created_at).total_seconds())
+        if dataset.requeues >= max_requeues:
+            if _settle(dataset.pk, Status.FAILED, "failed", error=(
+                    f"the import never started: published {dataset.requeues + 1} time(s) over {age} s and no worker "
+                    f"of this deployment ran it (another stack's worker on this vhost taking the dataset queue? "
+                    f"see `manage.py health`); import it again")):
+                outcome["failed"].append(dataset.pk)
+            continue
+        if Dataset.objects.filter(pk=dataset.pk, status=Status.QUEUED, requeues=dataset.requeues).update(
+                requeues=F("requeues") + 1, requeued_at=now):
+            logger.warning("dataset %s: QUEUED for %s s and held by no worker; publishing its start task again "
+                           "(%d of %d)", dataset.pk, age, dataset.requeues + 1, max_requeues)
+            _enqueue(Dataset.objects.get(pk=dataset.pk))
+            outcome["requeued"].append(dataset.pk)
+
+    for dataset in running:
+        ids = {dataset.start_task_id, dataset.task_id, *dataset.chunk_task_ids}
+        current = Dataset.objects.filter(pk=dataset.pk).values_list("stage", "chunks_done").first()
+        if ids & held or current != progress[dataset.pk]:
+            continue
+        if _settle(dataset.pk, Status.FAILED, "failed", error=(
+                f"its worker vanished: in stage {dataset.stage} ({dataset.chunks_done} of {dataset.chunks_total} "
+                f"chunks done) no worker of this deployment holds any of its tasks and none is waiting in the "
+                f"dataset queue; import it again")):
+            outcome["failed"].append(dataset.pk)
+    return outcome

@@ -89,3 +89,9 @@ def profile_chunk(self, dataset_id: int, index: int, offset: int, length: int, f
 def finish_import(self, results: list[dict], dataset_id: int) -> dict:
     with settles_dataset(self, dataset_id, "the merge"):
         return services.finish_import(results, dataset_id, task=self)
+
+
+@shared_task(name="datasets.recover_stuck")
+def recover_stuck() -> dict:
+    """The watchdog (seeded schedule, every minute): imports nobody works on are re-published or FAILED."""
+    return services.recover_stuck()

@@ -18,7 +18,9 @@ MAX_LIMIT = 500
 
 
 def _error(message: str, code=status.HTTP_400_BAD_REQUEST) -> Response:
-    return Response({"error": message}, status=code)
+    """The API's one error shape (apps/control/api_errors.py): a sentence in ``detail`` and a ``code``."""
+    return Response({"detail": message, "code": "not_found" if code == status.HTTP_404_NOT_FOUND else "invalid"},
+                    status=code)
 
 
 class EventListView(APIView):

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: the API docs work offline
     "django_celery_results",
     "django_celery_beat",
     "apps.core",
@@ -104,6 +105,9 @@ def database_config(url: str) -> dict:
     return config
 
 
+if "DATABASE_URL" not in os.environ:
+    # The default SQLite file lives in var/: create it here, so `manage.py migrate` works in a fresh checkout.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
 DATABASES = {
     "default": database_config(os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")),
 }
@@ -138,7 +142,12 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Task platform API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Task platform API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False,
+    # From our own static files (drf-spectacular-sidecar), not a CDN: the docs page must load offline.
+    # (No ReDoc page: its template also loads Google fonts.)
+    "SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
 
 LOGGING = {
     "version": 1,
@@ -279,6 +288,12 @@ DATASETS_EXACT_DISTINCT_BOUND = env_int("DATASETS_EXACT_DISTINCT_BOUND", 10_000)
 DATASETS_HASH_GROUP_BYTES = env_int("DATASETS_HASH_GROUP_BYTES", 32 * 1024 * 1024)  # row hashes held at once by the merge
 DATASETS_SOFT_TIME_LIMIT = env_int("DATASETS_SOFT_TIME_LIMIT", 600)  # seconds per task; soft -> TIMED_OUT
 DATASETS_TIME_LIMIT = env_int("DATASETS_TIME_LIMIT", 660)  # seconds per task; hard kill of the child
+# The watchdog (datasets.recover_stuck, every minute): an import QUEUED this long that no worker of this
+# deployment holds, with nothing waiting in the dataset queue, is published again, at most
+# DATASETS_MAX_REQUEUES times, then FAILED with the reason; one RUNNING this long whose tasks nobody holds
+# (its worker vanished) is FAILED with the reason.
+DATASETS_STALE_AFTER = env_int("DATASETS_STALE_AFTER", 300)  # seconds
+DATASETS_MAX_REQUEUES = env_int("DATASETS_MAX_REQUEUES", 3)
 DATASETS_MAX_UPLOAD_BYTES = env_int("DATASETS_MAX_UPLOAD_BYTES", 2 * 1024 * 1024 * 1024)  # HTTP upload bound
 # --- tracing -----------------------------------------------------------------------------------------
 # apps/tracing: spans and audit events, buffered in each process and ingested on the ops_trace queue.
@@ -317,6 +332,9 @@ MIDDLEWARE += ["apps.control.api_errors.JsonApiErrorsMiddleware"]  # JSON 404/50
 REST_FRAMEWORK["EXCEPTION_HANDLER"] = "apps.control.api_errors.json_exception_handler"  # detail + code always
 CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "control.*": topology.route(topology.OPS_TRACE)}  # housekeeping
 CELERY_WORKER_POOL_RESTARTS = True  # lets the pool-restart control action work (prefork)
+# Which deployment a worker belongs to (apps/core/workers.py): by default a digest of the database it
+# works with; set the same value everywhere when hosts reach one database under different names.
+PLATFORM_DEPLOYMENT = os.environ.get("PLATFORM_DEPLOYMENT", "")
 CONTROL_LOST_AFTER = env_int("CONTROL_LOST_AFTER", 900)  # seconds without any event before LOST is considered
 # --- mail ---------------------------------------------------------------------------------------------
 # apps/mail: an outbox delivered by the eventlet io worker through real SMTP. See docs/mail.md.

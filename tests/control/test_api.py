@@ -88,7 +88,12 @@ def test_stats_and_workers(recorder, io_worker, cpu_worker, api):
     stats = api.get("/api/v1/stats/").json()
     assert stats["by_state"]["SUCCESS"] >= 1 and stats["by_queue"]["ops_trace"]["SUCCESS"] >= 1
     assert {q["name"] for q in stats["queues"]} == {"dataset", "mail", "mail_bulk", "ops_trace"}
-    workers = {w["hostname"]: w for w in api.get("/api/v1/workers/").json()["workers"]}
+
+    def announced():  # as the recorder heard them; right after a test's flush, the next announcement (<= 5 s)
+        workers = {w["hostname"]: w for w in api.get("/api/v1/workers/").json()["workers"]}
+        return all(workers.get(w.nodename, {}).get("pool", "?") != "?" for w in (cpu_worker, io_worker)) and workers
+
+    workers = wait_for(announced, timeout=30, interval=0.5, message="both workers in /workers/")
     assert workers[cpu_worker.nodename]["pool"] == "prefork" and workers[cpu_worker.nodename]["concurrency"] == 2
     assert workers[io_worker.nodename]["pool"] == "eventlet"
     assert workers[io_worker.nodename]["queues"] == ["mail", "mail_bulk", "ops_trace"]
@@ -122,6 +127,12 @@ def test_pool_restart_and_shutdown(start_worker, api):
 
 def test_metrics(recorder, io_worker, api, broker_url):
     wait_state(io_echo.delay(1).id, states.SUCCESS)
+
+    def eventlet_worker_known():  # workers come from the recorder's registry: wait for the io worker's announcement
+        text = api.get("/api/v1/metrics/").content.decode()
+        return 'platform_workers_online{pool="eventlet"} 0.0' not in text
+
+    wait_for(eventlet_worker_known, timeout=30, interval=0.5, message="the io worker in the registry")
     response = api.get("/api/v1/metrics/")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
     text = response.content.decode()

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def consumed(nodename):
-    return next((set(w["queues"]) for w in selectors.workers() if w["hostname"] == nodename), set())
+    return next((set(w["queues"]) for w in selectors.workers(live=True) if w["hostname"] == nodename), set())
 
 
 def test_queue_command(io_worker, capsys):

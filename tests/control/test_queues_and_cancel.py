@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def consumed_by(nodename: str) -> set[str]:
-    for worker in selectors.workers():
+    for worker in selectors.workers(live=True):
         if worker["hostname"] == nodename:
             return set(worker["queues"])
     return set()

@@ -24,7 +24,8 @@ def manage(*args, broker_url, worker_db_url, timeout=180):
 
 
 def test_health_reports_both_roles_with_pools_queues_and_depths(cpu_worker, io_worker, broker_url, worker_db_url):
-    result = manage("health", "--json", broker_url=broker_url, worker_db_url=worker_db_url)
+    # --live: no recorder runs here to hear heartbeats (tests/control/test_fast_status.py covers that path).
+    result = manage("health", "--live", "--json", broker_url=broker_url, worker_db_url=worker_db_url)
     report = json.loads(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert report["ok"] and report["broker"] == "ok" and report["database"].startswith("ok")
@@ -57,13 +58,17 @@ def test_health_exits_non_zero_when_a_role_has_no_worker(broker_url, worker_db_u
 
     vhost = rabbit.create_vhost("platform-test-empty")
     try:
-        result = manage("health", "--json", broker_url=rabbit.vhost_url(vhost), worker_db_url=worker_db_url)
+        result = manage("health", "--live", "--json", broker_url=rabbit.vhost_url(vhost), worker_db_url=worker_db_url)
+        fast = manage("health", "--json", broker_url=rabbit.vhost_url(vhost), worker_db_url=worker_db_url)
     finally:
         rabbit.delete_vhost(vhost)
     report = json.loads(result.stdout)
     assert result.returncode == 1
     assert "no cpu worker online (start compose/start/cpu)" in report["problems"]
     assert "no io worker online (start compose/start/io)" in report["problems"]
+    # Without --live the answer comes from the recorder, and there is none on this vhost: it says so.
+    assert fast.returncode == 1
+    assert any(p.startswith("the event recorder is not running") for p in json.loads(fast.stdout)["problems"])
 
 
 def test_demo_completes_every_task_on_every_queue(cpu_worker, io_worker, broker_url, worker_db_url):

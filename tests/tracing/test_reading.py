@@ -83,7 +83,14 @@ def test_api_returns_the_trace_tree_and_filtered_events(admin_client, trace_id):
 ])
 def test_api_bad_input_gets_a_json_error_that_says_what_was_wrong(admin_client, url, message):
     response = admin_client.get(url)
-    assert response.status_code == 400 and message in response.json()["error"]
+    assert response.status_code == 400
+    assert message in response.json()["detail"] and response.json()["code"] == "invalid"  # the API's one shape
+
+
+def test_api_unknown_trace_is_a_404_in_the_api_error_shape(admin_client):
+    response = admin_client.get(f"/api/v1/tracing/traces/{'ab' * 16}/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"no events recorded for trace {'ab' * 16}", "code": "not_found"}
 
 
 def test_api_requires_authentication(client, trace_id):

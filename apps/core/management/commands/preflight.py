@@ -16,4 +16,8 @@ class Command(BaseCommand):
             connection.ensure_connection()
         except Exception as exc:
             raise CommandError(f"the database is not reachable ({exc}); check DATABASE_URL") from exc
-        self.stdout.write(f"preflight: RabbitMQ and {connection.vendor} reachable")
+        from kombu.utils.url import maybe_sanitize_url
+
+        from project.celery import app
+
+        self.stdout.write(f"preflight: RabbitMQ ({maybe_sanitize_url(app.conf.broker_url)}) and {connection.vendor} reachable")
