@@ -29,3 +29,6 @@ CELERY_TASK_ROUTES = {
     "tests.io.*": topology.route(topology.OPS_TRACE),
     **CELERY_TASK_ROUTES,  # noqa: F405
 }
+# Static files straight from the apps (no collectstatic run before the tests), as DEBUG does locally:
+# the browser tests load the console's scripts and styles from the web process.
+WHITENOISE_USE_FINDERS = True
