@@ -44,4 +44,4 @@ def task_panel(record) -> dict | None:
     if dataset.status == Status.READY:
         links = [("profile", reverse("admin:datasets_dataset_change", args=[dataset.pk])),
                  ("profile (API)", reverse("dataset-profile", args=[dataset.pk]))]
-    return {"title": "Dataset", "rows": rows, "links": links}
+    return {"title": "Dataset", "heading": f"import of {dataset.name} v{dataset.version}", "rows": rows, "links": links}

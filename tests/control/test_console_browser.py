@@ -5,6 +5,7 @@ The screenshots in docs/img/ are taken here (docs/control.md)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -176,3 +177,45 @@ def test_a_dead_letter_replayed_from_the_page_runs(recorder, io_worker, web, bro
     assert DeadLetter.objects.get(pk=letter.pk).replayed_at is not None
     assert ControlAction.objects.filter(action="deadletter.replay", actor_name="operator").exists()
     assert not browser.find_elements(By.CSS_SELECTOR, row)  # a replayed letter leaves the list
+
+
+def test_a_dataset_import_on_its_task_page(recorder, cpu_worker, web, browser, staff, tmp_path):
+    """The old progress page grown into the task page: dataset, chunk progress, rows/s, then the profile."""
+    from apps.control.models import TaskRecord
+    from apps.datasets import services as datasets
+    from apps.datasets.models import Status
+    from tests.datasets.conftest import settled, write_csv
+
+    path = write_csv(tmp_path / "orders.csv", 20_000)
+    dataset = datasets.register_dataset(str(path), options={"chunk_bytes": 64 * 1024, "pause_per_chunk": 1.0})
+    wait_for(lambda: TaskRecord.objects.filter(task_id=dataset.task_id).exists(), timeout=60,
+             message="the import's first progress event in the ledger")
+    log_in(browser, web, staff, next_path=f"/console/tasks/{dataset.task_id}/")
+    assert browser.current_url.endswith(f"/console/tasks/{dataset.task_id}/")
+    wait_for(lambda: text(browser, "#live-status") == "live", timeout=30, message="the task socket")
+    panel = text(browser, "section[data-panel=Dataset]")
+    assert f"{dataset.name} v{dataset.version}" in panel and "chunks" in panel
+    assert f"import of {dataset.name} v{dataset.version}" in text(browser, "#task-page h2")
+
+    seen = set()
+
+    def progressed():  # the bar moves from the socket while chunks run
+        seen.add((text(browser, "#state"), text(browser, "#pct")))
+        return any(state == "PROGRESS" and pct not in ("", "0%", "100%") for state, pct in seen)
+
+    wait_for(progressed, timeout=60, interval=0.1, message="the progress bar to move")
+    wait_for(lambda: "/s since this page opened" in text(browser, "#rate"), timeout=30, interval=0.1,
+             message="rows/s from the live progress")
+    wait_for(lambda: re.search(r"chunks\s+[1-9]\d* of \d+ done", text(browser, "section[data-panel=Dataset]")),
+             timeout=30, message="the dataset panel to count done chunks while the import runs")
+    shot(browser, "console-task.png")
+    assert settled(dataset.pk).status == Status.READY
+    # Done: the page reloads itself once and shows the profile link, all chunks and the rate.
+    wait_for(lambda: "profile" in text(browser, "section[data-panel=Dataset]"), timeout=30,
+             message="the profile link after the import finished")
+    panel = text(browser, "section[data-panel=Dataset]")
+    chunks = dataset.__class__.objects.get(pk=dataset.pk).chunks_total
+    assert f"{chunks} of {chunks} done" in panel and "20,000 of" in panel and "rows/s" in panel
+    assert text(browser, "#state") == "SUCCESS"
+    link = browser.find_element(By.CSS_SELECTOR, "section[data-panel=Dataset] a[href$='/profile/']")
+    assert link.get_attribute("href").endswith(f"/api/v1/datasets/{dataset.pk}/profile/")

@@ -3,8 +3,8 @@
 A domain app registers, in its AppConfig.ready, a function that takes a TaskRecord and returns None
 (nothing to add) or a dict the task page shows as a panel:
 
-    {"title": "Dataset", "rows": [("name", "sales v3"), ...], "links": [("profile", "/admin/...")],
-     "live": {"rows_per_second": True}}   # optional hints for the page's script
+    {"title": "Dataset", "heading": "import of sales v3",   # heading: optional, shown beside the task name
+     "rows": [("status", "RUNNING"), ...], "links": [("profile", "/admin/...")]}
 
 apps/datasets registers the import's dataset, chunks, rows/s and profile link; apps/tracing the trace.
 """

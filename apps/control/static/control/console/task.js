@@ -5,7 +5,7 @@
   const root = document.getElementById("task-page");
   const set = (id, text) => { document.getElementById(id).textContent = text ?? ""; };
   const FINAL = ["SUCCESS", "FAILURE", "CANCELLED", "TIMED_OUT", "REVOKED", "LOST"];
-  let last = null;  // [time, current] of the previous progress event: rows (or steps) per second
+  let first = null;  // [time, current] of the first progress seen here: the rate is the average since then
 
   function progress(current, total) {
     if (!total) return;
@@ -14,12 +14,14 @@
     set("pct", pct + "%");
     set("counts-progress", `${(current || 0).toLocaleString()} of ${total.toLocaleString()}`);
     const now = Date.now() / 1000;
-    if (last && current > last[1] && now > last[0]) set("rate", `${Math.round((current - last[1]) / (now - last[0])).toLocaleString()}/s`);
-    last = [now, current];
+    if (!first) first = [now, current || 0];
+    else if (current > first[1] && now > first[0] + 1) {
+      set("rate", `${Math.round((current - first[1]) / (now - first[0])).toLocaleString()}/s since this page opened`);
+    }
   }
 
   function onMessage(m) {
-    if (m.name) set("task-name", m.name);
+    if (m.name && m.event !== "task-progress") set("task-name", m.name);
     if (m.state) { set("state", m.state); document.getElementById("state").className = "state-" + m.state; }
     if (m.step !== undefined) set("step", m.step);
     if (m.message !== undefined) set("message", m.message);
@@ -33,6 +35,20 @@
       setTimeout(() => location.reload(), 1500);
     }
   }
+
+  // The domain panels (dataset chunks, rows/s) come from the server: re-read them while the task runs.
+  async function refreshPanels() {
+    if (FINAL.includes(root.dataset.state) || !root.querySelector("section.extension")) return;
+    try {
+      const html = await (await fetch(location.href, { credentials: "same-origin" })).text();
+      const fresh = new DOMParser().parseFromString(html, "text/html");
+      for (const section of root.querySelectorAll("section.extension")) {
+        const update = fresh.querySelector(`section.extension[data-panel="${section.dataset.panel}"]`);
+        if (update) section.replaceWith(update);
+      }
+    } catch (error) { /* the socket's status line already says when the server is away */ }
+  }
+  setInterval(refreshPanels, 3000);
 
   progress(parseFloat(root.dataset.current) || 0, parseFloat(root.dataset.total) || 0);
   liveSocket(`/ws/v1/tasks/${encodeURIComponent(root.dataset.task)}/`, onMessage, (status) => {
