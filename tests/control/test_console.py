@@ -77,3 +77,20 @@ def test_task_page_shows_the_redacted_call_and_the_dataset_extension(staff, clie
     assert client.get("/console/tasks/nope/").status_code == 404
     assert client.get(f"/admin/control/taskrecord/{record.task_id}/live/").url == f"/console/tasks/{record.task_id}/"
     assert not DeadLetter.objects.exists()
+
+
+def test_task_page_links_the_trace_of_the_tasks_run(staff, client):
+    from django.utils import timezone
+
+    from apps.tracing.models import TraceEvent
+
+    now = timezone.now()
+    record = TaskRecord.objects.create(task_id="t-3", name="tests.io.echo", queue="ops_trace", state="SUCCESS",
+                                       sent_at=now, finished_at=now)
+    trace_id = "ab" * 16
+    for task_id, trace in (("t-other", "cd" * 16), ("t-3", trace_id)):
+        TraceEvent.objects.create(trace_id=trace, span_id="1" * 16, name="run/tests.io.echo", start_ns=0, end_ns=1,
+                                  start_time=now, received_at=now, attributes={"messaging.message.id": task_id})
+    client.force_login(staff)
+    page = client.get(f"/console/tasks/{record.task_id}/").content.decode()
+    assert f'href="/api/v1/tracing/traces/{trace_id}/"' in page and "cd" * 16 not in page
