@@ -87,7 +87,8 @@
       if (series.failed[i]) svg.append(rect(i * bar, height - hDone - hFailed, hFailed, "failed"));
     });
     return el("figure", { "data-chart": name, "data-total": total, "data-failed": failed },
-      el("figcaption", {}, `${name}: ${total} succeeded, ${failed} failed`), svg);
+      el("figcaption", {}, `${name}: ${total} succeeded, ${failed} failed`), svg,
+      el("div", { class: "axis" }, el("span", {}, `${n} min ago`), el("span", {}, "now")));
   }
 
   function renderCharts(data) {
