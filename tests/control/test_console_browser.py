@@ -112,6 +112,7 @@ def test_numbers_move_while_a_worker_runs_tasks(recorder, io_worker, web, browse
     before_chart = int(attribute(browser, "figure[data-chart=ops_trace]", "data-total") or 0)
     before_done = int(text(browser, f"#workers tr[data-worker='{io_worker.nodename}'] td.succeeded").replace(",", ""))
 
+    later = io_echo.apply_async(args=["later"], countdown=900)  # shows under "Scheduled and retrying"
     results = [io_echo.delay(i) for i in range(40)]
     # The page moves on its own (no reload): the publish rate, then the chart and the worker's count.
     wait_for(lambda: float(text(browser, "#queues tr[data-queue=ops_trace] td.publish-rate") or 0) > 0,
@@ -125,7 +126,13 @@ def test_numbers_move_while_a_worker_runs_tasks(recorder, io_worker, web, browse
              timeout=30, message="the worker's succeeded count to grow by 40")
     assert text(browser, f"#workers tr[data-worker='{io_worker.nodename}'] td.heartbeat").endswith("ago")
     assert browser.find_elements(By.CSS_SELECTOR, "#events li")  # task events arrived on the socket
-    shot(browser, "console.png")
+    try:
+        wait_for(lambda: text(browser, f"#scheduled tr[data-task='{later.id}']"), timeout=30,
+                 message="the countdown task under scheduled")
+        assert "tests.io.echo" in text(browser, f"#scheduled tr[data-task='{later.id}']")
+        shot(browser, "console.png")
+    finally:
+        services.cancel_task(later.id)
 
 
 def test_pause_and_resume_from_the_page_change_what_the_worker_consumes(
@@ -171,6 +178,7 @@ def test_a_dead_letter_replayed_from_the_page_runs(recorder, io_worker, web, bro
     row = f"#letters tr[data-letter='{letter.id}']"
     assert browser.find_element(By.CSS_SELECTOR, row).text.count("exception") == 1
     browser.find_element(By.CSS_SELECTOR, f"{row} input[name=ids]").click()
+    browser.execute_script("document.getElementById('dead-letters').scrollIntoView()")
     shot(browser, "console-dead-letters.png")
     browser.find_element(By.ID, "replay-letters").click()
 
