@@ -94,3 +94,17 @@ def test_task_page_links_the_trace_of_the_tasks_run(staff, client):
     client.force_login(staff)
     page = client.get(f"/console/tasks/{record.task_id}/").content.decode()
     assert f'href="/api/v1/tracing/traces/{trace_id}/"' in page and "cd" * 16 not in page
+
+
+def test_oldest_age_leaves_out_tasks_due_later():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    TaskRecord.objects.create(task_id="waiting", queue="mail", state="QUEUED", sent_at=now - timedelta(seconds=30))
+    TaskRecord.objects.create(task_id="due-later", queue="mail", state="QUEUED", sent_at=now - timedelta(seconds=90),
+                              eta=now + timedelta(minutes=10))
+    TaskRecord.objects.create(task_id="only-later", queue="ops_trace", state="QUEUED", sent_at=now, eta=now + timedelta(minutes=1))
+    ages = selectors.oldest_queued_age(now)
+    assert ages == {"mail": 30.0}  # the countdown task is under "scheduled", not waiting in the queue
