@@ -149,7 +149,7 @@ def test_pause_and_resume_from_the_page_change_what_the_worker_consumes(
                  message="the io worker to stop consuming ops_trace")
 
         result = io_mark.delay(effects.path, "paused run")
-        wait_for(lambda: text(browser, "#queues tr[data-queue=ops_trace] td.ready") == "1", timeout=30,
+        wait_for(lambda: int(text(browser, "#queues tr[data-queue=ops_trace] td.ready") or 0) >= 1, timeout=30,
                  message="the page to show the message waiting on the paused queue")
         assert text(browser, "#queues tr[data-queue=ops_trace] td.state").startswith("paused")
         assert effects.count("paused run") == 0  # waiting in RabbitMQ, not run

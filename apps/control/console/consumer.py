@@ -3,12 +3,15 @@ the task events of the existing hub (apps/control/live.py) as they come. Staff o
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from channels.db import database_sync_to_async
 
 from apps.control.console import snapshot
 from apps.control.consumers import _LiveConsumer
 from apps.control.live import hub
+
+logger = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY_SECONDS = 2.0
 EVENTS_PER_MESSAGE = 200  # a burst of events goes out in batches, so a busy platform cannot flood the page
@@ -31,9 +34,12 @@ class ConsoleConsumer(_LiveConsumer):
 
     async def _tick(self):
         while True:
-            # Off the thread Django runs its sync views in: the inspect broadcasts wait up to a second.
-            data = await database_sync_to_async(snapshot.cached, thread_sensitive=False)(hub().workers)
-            await self.send_json({"type": "snapshot", **data})
+            try:
+                # Off the thread Django runs its sync views in: the inspect broadcasts wait up to a second.
+                data = await database_sync_to_async(snapshot.cached, thread_sensitive=False)(hub().workers)
+                await self.send_json({"type": "snapshot", **data})
+            except Exception:  # noqa: BLE001  (panels catch their own errors; anything else: log, try again)
+                logger.exception("console snapshot failed")
             await asyncio.sleep(SNAPSHOT_EVERY_SECONDS)
 
     async def _pump(self):
