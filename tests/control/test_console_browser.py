@@ -14,6 +14,8 @@ import pytest
 from django.conf import settings
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
 
 from apps.control import services, states
 from apps.control.models import ControlAction, DeadLetter, PausedQueue
@@ -44,7 +46,11 @@ def log_in(browser, web, user, next_path="/console/"):
     browser.get(f"{web.url}/admin/login/?next={next_path}")
     browser.find_element(By.NAME, "username").send_keys(user.username)
     browser.find_element(By.NAME, "password").send_keys("x")
+    form_page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # click() does not wait for the navigation the submit starts: wait until the login page is gone.
+    WebDriverWait(browser, 20).until(staleness_of(form_page))
+    WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def text(browser, selector: str) -> str:
