@@ -1,6 +1,6 @@
 """Admin: the ledger (read-only), dead letters (replay/purge), paused queues (pause/resume), the audit trail."""
 from django.contrib import admin, messages
-from django.shortcuts import render
+from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -28,18 +28,16 @@ class TaskRecordAdmin(ReadOnly, admin.ModelAdmin):
 
     @admin.display(description="live")
     def live(self, obj):
-        url = reverse("admin:control_taskrecord_live", args=[obj.task_id])
-        return format_html('<a href="{}">progress</a>', url)
+        return format_html('<a href="{}">task page</a>', reverse("console-task", args=[obj.task_id]))
 
     def get_urls(self):
         return [path("<str:task_id>/live/", self.admin_site.admin_view(self.live_view),
                      name="control_taskrecord_live")] + super().get_urls()
 
     def live_view(self, request, task_id):
-        # Right after enqueue the recorder may not have written the row yet: the page waits for its events.
-        record = TaskRecord.objects.filter(task_id=task_id).first() or TaskRecord(task_id=task_id, state="")
-        return render(request, "control/progress.html", {**self.admin_site.each_context(request), "record": record,
-                                                         "title": f"{record.name} {record.task_id}"})
+        """The old progress page's address: the console's task page took its place (it waits for a task the
+        recorder has not written yet, right after enqueue)."""
+        return redirect("console-task", task_id)
 
     @admin.action(description="Cancel selected tasks")
     def cancel(self, request, queryset):

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 
-from kombu import Consumer, Queue
+from kombu import Consumer, Queue, binding
 
 from apps.control import ledger
 from apps.control.recorder import event_exchange
@@ -51,6 +51,9 @@ class EventHub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.subscribers: set[asyncio.Queue] = set()
         self.ready = threading.Event()
+        # The newest worker event (heartbeat, online) per hostname, for the operator console's workers
+        # panel: last heartbeat, tasks running and processed, without a broadcast to every worker.
+        self.workers: dict[str, dict] = {}
         self._thread: threading.Thread | None = None
         self.queue_name = f"control.live.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
 
@@ -78,15 +81,28 @@ class EventHub:
 
     def _on_message(self, body, message) -> None:
         for event in body if isinstance(body, list) else [body]:
-            if isinstance(event, dict):
+            if isinstance(event, dict) and str(event.get("type", "")).startswith("worker-"):
+                self._on_worker_event(event)
+            elif isinstance(event, dict):
                 out = message_for(event)
                 if out is not None and self.loop is not None:
                     self.loop.call_soon_threadsafe(self._dispatch, out)
         message.ack()
 
+    def _on_worker_event(self, event: dict) -> None:
+        hostname = event.get("hostname")
+        if not hostname:
+            return
+        if event["type"] == "worker-offline":
+            self.workers.pop(hostname, None)
+        else:
+            self.workers[hostname] = {**event, "received_at": time.time()}
+
     def _run(self) -> None:
-        queue = Queue(self.queue_name, event_exchange(), routing_key="task.#", exclusive=True, auto_delete=True,
-                      durable=False, queue_arguments={"x-message-ttl": 60_000})
+        exchange = event_exchange()
+        queue = Queue(self.queue_name, exchange, exclusive=True, auto_delete=True, durable=False,
+                      bindings=[binding(exchange, routing_key="task.#"), binding(exchange, routing_key="worker.#")],
+                      queue_arguments={"x-message-ttl": 60_000})
         while True:
             try:
                 with cluster.connection(self.broker_url, heartbeat=30) as connection:

@@ -35,8 +35,9 @@ def report_progress(task, step: str = "", message: str = "", current: float | No
                     total: float | None = None, task_id: str | None = None) -> None:
     """``task_id``: report for another task than the running one (a chunk reporting for its import)."""
     request = task.request
-    fields = {"uuid": task_id or request.id, "name": task.name, "step": step, "message": message,
-              "current": current, "total": total}
+    # The name only when reporting for itself: a chunk's name is not the name of the import it reports for.
+    fields = {"uuid": task_id or request.id, "name": task.name if task_id in (None, request.id) else None,
+              "step": step, "message": message, "current": current, "total": total}
     with _lock:
         try:
             _get_dispatcher(request.hostname).send("task-progress", **fields)

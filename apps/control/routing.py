@@ -7,9 +7,11 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from django.urls import path
 
+from apps.control.console.consumer import ConsoleConsumer
 from apps.control.consumers import TaskProgressConsumer, UserTasksConsumer
 
 websocket_urlpatterns = [
+    path("ws/v1/console/", ConsoleConsumer.as_asgi()),
     path("ws/v1/tasks/", UserTasksConsumer.as_asgi()),
     path("ws/v1/tasks/<str:task_id>/", TaskProgressConsumer.as_asgi()),
 ]

@@ -96,9 +96,11 @@ def state_counts() -> dict:
 
 
 def oldest_queued_age(now=None) -> dict[str, float]:
-    """Seconds since the oldest task still QUEUED in each queue was published (from the ledger)."""
+    """Seconds since the oldest task still QUEUED in each queue was published (from the ledger). A task
+    due later (countdown/ETA) is not waiting for a worker yet, so it does not count until it is due."""
     now = now or timezone.now()
-    rows = TaskRecord.objects.filter(state=states.QUEUED).values("queue").annotate(oldest=Min("sent_at"))
+    rows = (TaskRecord.objects.filter(state=states.QUEUED).exclude(eta__gt=now)
+            .values("queue").annotate(oldest=Min("sent_at")))
     return {r["queue"]: (now - r["oldest"]).total_seconds() for r in rows if r["oldest"] and r["queue"]}
 
 

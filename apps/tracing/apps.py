@@ -10,8 +10,12 @@ class TracingConfig(AppConfig):
         from apps.tracing import otel
         from project import topology
 
+        from apps.control.console.extensions import register_task_panel
+        from apps.tracing.console import task_panel
+
         otel.setup()
         demo.register(topology.OPS_TRACE, "trace", enqueue_demo_batch)
+        register_task_panel(task_panel)  # the trace link on a task's console page
 
 
 def enqueue_demo_batch(i: int) -> str:

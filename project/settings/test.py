@@ -32,3 +32,6 @@ CELERY_TASK_ROUTES = {
 # Workers the tests start wait this long for running tasks at SIGTERM, not their role's production window
 # (minutes): tests that stop a busy worker would otherwise wait it out. Shutdown tests set their own.
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = float(os.environ.get("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 5))
+# Static files straight from the apps (no collectstatic run before the tests), as DEBUG does locally:
+# the browser tests load the console's scripts and styles from the web process.
+WHITENOISE_USE_FINDERS = True

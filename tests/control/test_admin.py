@@ -17,8 +17,8 @@ def admin_client(client, django_user_model):
 def test_changelists_render(io_worker, admin_client):
     TaskRecord.objects.create(task_id="a1", name="tests.io.echo", state="SUCCESS")
     for url in ["/admin/control/taskrecord/", "/admin/control/deadletter/", "/admin/control/pausedqueue/",
-                "/admin/control/controlaction/", "/admin/control/taskrecord/a1/live/"]:
-        assert admin_client.get(url).status_code == 200, url
+                "/admin/control/controlaction/", "/admin/control/taskrecord/a1/live/", "/console/tasks/a1/"]:
+        assert admin_client.get(url, follow=True).status_code == 200, url
 
 
 def test_pause_and_resume_from_the_admin(io_worker, admin_client):

@@ -103,11 +103,12 @@ def test_socket_refusals(web, staff, member):
     assert asyncio.run(close_code(f"{web.ws}/ws/v1/tasks/someone-elses/?token={member.token}")) == 4403
 
 
-def test_progress_page_renders_for_staff(recorder, io_worker, client, staff):
+def test_progress_page_is_now_the_console_task_page(recorder, io_worker, client, staff):
     result = io_echo.delay(1)
     wait_state(result.id, "SUCCESS")
     client.force_login(staff)
-    response = client.get(f"/admin/control/taskrecord/{result.id}/live/")
-    assert response.status_code == 200
-    assert f"/ws/v1/tasks/${{box.dataset.task}}/" in response.content.decode()
-    assert result.id in response.content.decode()
+    response = client.get(f"/admin/control/taskrecord/{result.id}/live/", follow=True)
+    assert response.redirect_chain == [(f"/console/tasks/{result.id}/", 302)]
+    page = response.content.decode()
+    assert f'data-task="{result.id}"' in page and "control/console/task.js" in page
+    assert "tests.io.echo" in page and "SUCCESS" in page
