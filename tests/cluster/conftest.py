@@ -14,12 +14,6 @@ from tests.support.workers import database_url
 HEARTBEAT = 10  # seconds, for the cluster's workers: "resumes within two heartbeats" is then 20 s
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture(scope="session")
 def live_cluster():
     """The cluster, up: started for the session (and removed after) unless someone already runs it."""

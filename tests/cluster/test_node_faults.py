@@ -16,7 +16,7 @@ from tests.support import cluster
 from tests.support.tasks import cpu_echo, io_echo
 from tests.support.workers import wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 
 
 def all_members_online(vhost: str) -> bool:
