@@ -118,10 +118,16 @@ class PlatformAMQP(AMQP):
     def _create_task_sender(self):
         send = super()._create_task_sender()
         queues = self.queues
+        # kombu reads no "confirm_timeout" transport option: only a per-publish argument bounds the wait
+        # for a confirm. Without it, a publisher whose node was cut off (no RST, e.g. a network partition)
+        # waited for the confirm until the partition healed (60 s in tests/cluster; celery#5906).
+        confirm_timeout = self.app.conf.broker_transport_options.get("confirm_timeout")
 
         def send_task_message(producer, name, message, exchange=None, routing_key=None, queue=None, **kwargs):
             headers = message.headers
             batch = active_batch()
+            if confirm_timeout and batch is None:  # a batch waits for its confirms itself, with its own bound
+                kwargs.setdefault("confirm_timeout", confirm_timeout)
             if batch is not None:  # inside apps.core.bulk.confirmed_batch: confirmed together at its end
                 producer = batch.producer
                 kwargs["event_dispatcher"] = batch.sent_events

@@ -35,6 +35,8 @@ def connection(url: str | None = None, **kwargs) -> Connection:
     settings). Not yet connected: use it in a ``with`` block like any kombu Connection."""
     from project.celery import app
 
+    if url == app.conf.broker_url:  # the configured list: start from this process's shuffled order (settings)
+        url = None
     return app.connection_for_write(url, **kwargs)
 
 

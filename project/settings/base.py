@@ -178,7 +178,11 @@ def spread_nodes(url: str) -> str:
     return ";".join(nodes)
 
 
-CELERY_BROKER_URL = spread_nodes(CELERY_BROKER_URL)
+if ";" in CELERY_BROKER_URL:
+    # Celery reads broker_url from the CELERY_BROKER_URL environment variable before settings (its
+    # Settings.broker_url property), so the shuffled list goes into the read and write URLs, which Celery's
+    # consumers and producers (and apps/core/cluster.connection) use. A single node leaves them unset.
+    CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = spread_nodes(CELERY_BROKER_URL)
 # After a node is lost, try the others in turn (round-robin over the shuffled list visits each node once
 # per round; kombu's "shuffle" picks at random and can retry the dead node).
 CELERY_BROKER_FAILOVER_STRATEGY = "round-robin"

@@ -18,7 +18,9 @@ def required(name: str) -> str:
 DEBUG = False
 SECRET_KEY = required("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or ["localhost"]
-CELERY_BROKER_URL = spread_nodes(required("CELERY_BROKER_URL"))  # one node, or a cluster's nodes split by ";"
+CELERY_BROKER_URL = required("CELERY_BROKER_URL")  # one node, or a cluster's nodes split by ";"
+if ";" in CELERY_BROKER_URL:  # base.py says why
+    CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = spread_nodes(CELERY_BROKER_URL)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)

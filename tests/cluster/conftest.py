@@ -14,12 +14,6 @@ from tests.support.workers import database_url
 HEARTBEAT = 10  # seconds, for the cluster's workers: "resumes within two heartbeats" is then 20 s
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture(scope="session")
 def live_cluster():
     """The cluster, up: started for the session (and removed after) unless someone already runs it."""
@@ -79,6 +73,19 @@ def worker_hosts(live_cluster):
 @pytest.fixture(scope="session")
 def host_workers(cluster_vhost, cluster_db_url, worker_hosts):
     """A prefork worker on host cpu1 and an eventlet worker on host io1, both given the node list."""
+    from kombu import Connection
+
+    from apps.core.broker import declare_dead_letter_queues
+    from project import topology
+
+    # The topology first, from one connection to node 1, as a deploy step would: quorum queue leaders are
+    # placed on the declaring client's node, so every lane's leader starts on rabbit@...11 (the kill case
+    # needs one node leading both dataset and mail). Workers, each on a node of its own, then find them.
+    with Connection(cluster.node_url(1, cluster_vhost)) as connection:
+        channel = connection.channel()
+        for queue in topology.work_queues():
+            queue(channel).declare()
+        declare_dead_letter_queues(connection)
     env = {"CELERY_BROKER_HEARTBEAT": str(HEARTBEAT)}
     url = cluster.broker_url(cluster_vhost)
     workers = {

@@ -32,6 +32,7 @@ class Publish:
     started: float
     answered: float = 0.0
     error: str = ""  # empty: confirmed
+    exc: Exception | None = None  # what the caller got, as raised
 
     @property
     def confirmed(self) -> bool:
@@ -97,7 +98,7 @@ class Load:
                 else:
                     io_effect.apply_async((self.lane_dir(lane), publish.key, WORK_SECONDS), **topology.route(topology.MAIL))
             except Exception as exc:  # noqa: BLE001 - an error is an answer; silence (a hang) is the failure
-                publish.error = f"{type(exc).__name__}: {exc}"
+                publish.error, publish.exc = f"{type(exc).__name__}: {exc}", exc
             publish.answered = time.time()
             i += 1
             time.sleep(self.pause)
@@ -156,4 +157,8 @@ class Load:
         with report.open("a") as f:
             f.write(outcome.row() + "\n")
         print(outcome.row(), "errors:", outcome.errors)
+        for p in self.publishes:  # the slow answers, relative to the fault: where a caller waited
+            if p.answered - p.started > 2:
+                print(f"  slow publish {p.key}: started {p.started - fault_at:+.1f}s, answered after "
+                      f"{p.answered - p.started:.1f}s {p.error[:200]}")
         return outcome

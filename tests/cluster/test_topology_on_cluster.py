@@ -7,7 +7,7 @@ from apps.core.cluster import cluster_report
 from project import topology
 from tests.support import cluster
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
 
 def test_every_work_and_dead_letter_queue_has_three_members_on_three_nodes(cluster_vhost, host_workers):

@@ -107,7 +107,8 @@ def queues(vhost: str, nodes=NODES) -> dict[str, dict]:
 
 
 def leader_of(vhost: str, queue: str, nodes=NODES) -> int:
-    return node_of(queues(vhost, nodes)[queue]["leader"])
+    quoted = urllib.parse.quote(vhost, safe="")
+    return node_of(management(f"queues/{quoted}/{urllib.parse.quote(queue, safe='')}", nodes)["leader"])
 
 
 def kill_node(n: int) -> None:
