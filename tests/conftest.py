@@ -106,3 +106,23 @@ def effects(tmp_path):
             return sum(text in line for line in self.lines())
 
     return Effects()
+
+
+# Tests whose outcome does not depend on the database backend: bin/test runs them in the SQLite pass only
+# (the PostgreSQL pass deselects the marker), which keeps CI under an hour. Files, not single tests, so a new
+# test in one of them is covered the same way.
+ONCE_PER_RUN = {
+    "tests/core/test_kubernetes.py",  # manifests and schemas, no database at all
+    "tests/core/test_worker_probes.py",  # probe files written by a worker's own timer
+    "tests/core/test_graceful_shutdown.py",  # what a worker does with SIGTERM
+    "tests/core/test_run_command.py",  # bin/run starts its own stack on its own SQLite file
+    "tests/control/test_console_browser.py",  # a browser driving the page
+    "tests/control/test_fuzz.py",  # the API schema against itself
+    "tests/control/test_transient_broker_errors.py",  # RabbitMQ answers, not the database
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("::", 1)[0] in ONCE_PER_RUN:
+            item.add_marker(pytest.mark.once)
