@@ -72,7 +72,11 @@ def cancel_task(task_id: str, actor=None, force: bool = False) -> TaskRecord:
             record.state, record.provisional = states.CANCELLED, True
             record.finished_at = timezone.now()
         record.save()
-    app.control.revoke(task_id, terminate=force, signal="SIGTERM")
+    # SIGKILL, not Celery's default SIGTERM: the worker start scripts set REMAP_SIGTERM=SIGQUIT (soft shutdown,
+    # issue 14), and billiard then makes pool children ignore SIGTERM (billiard.common.TERMSIGS_IGNORE). A
+    # SIGTERM "terminate" left the task running to its end while the pool took the child for dead, and a task
+    # later given to that child was received and never started (CI, 2026-12-02).
+    app.control.revoke(task_id, terminate=force, signal="SIGKILL")
     audit(actor, "task.cancel", task_id, {"force": force}, {"state_before": was, "state": record.state})
     return record
 

@@ -1,10 +1,12 @@
 """Pause/resume across all workers (and a worker restart), and cancel: queued, cooperative, forced."""
 import time
 
+import psutil
 import pytest
 
 from apps.control import selectors, services, states
 from apps.control.models import ControlAction, PausedQueue, TaskRecord
+from project.celery import app
 from tests.control.conftest import wait_state
 from tests.support.control_tasks import io_steps
 from tests.support.tasks import cpu_sleep, io_echo, io_mark
@@ -113,8 +115,14 @@ def test_forced_termination_on_prefork(recorder, cpu_worker, api, effects):
     running = cpu_sleep.delay(120, effects.path)
     wait_state(running.id, states.STARTED)
     wait_for(lambda: effects.count("start"), timeout=20, message="the task body to start")
+    child = wait_for(lambda: next((t["worker_pid"] for tasks in (app.control.inspect(timeout=1).active() or {}).values()
+                                   for t in tasks if t["id"] == running.id), None), timeout=20,
+                     message="the child running the task")
     response = api.post(f"/api/v1/tasks/{running.id}/cancel/", {"force": True}, format="json")
     assert response.status_code == 202, response.json()
+    # The child really goes (a terminate signal the child ignores was once reported as done all the same).
+    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+             timeout=20, message=f"child {child} running the cancelled task to exit")
     wait_for(lambda: not TaskRecord.objects.get(task_id=running.id).provisional
              and TaskRecord.objects.get(task_id=running.id).state == states.CANCELLED, timeout=20,
              message="the terminate to be reported")
