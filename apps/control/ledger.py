@@ -6,7 +6,8 @@ task-started ...), so they can arrive out of order. Rules:
 * a state the control plane set itself (CANCELLED of a queued task, LOST) is provisional: the next event
   that says what really happened replaces it; a revoke the control plane asked for reads CANCELLED;
 * among non-final states the event with the newer timestamp wins;
-* data fields (worker, queue, timings, progress) are filled whatever the order.
+* data fields (worker, queue, timings, progress) are filled whatever the order;
+* after a dead-letter replay reopened a task (``reopened_at``), events of its earlier life are ignored.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def apply_event(record, event: dict) -> bool:
     """Update ``record`` (a TaskRecord, saved by the caller) from one event. True if the state changed."""
     kind = event.get("type")
     when = ts(event.get("timestamp"))
+    if record.reopened_at and when and when < record.reopened_at:
+        return False  # from the task's life before a dead-letter replay reopened it
     previous_retries = record.retries
     if kind in ("task-sent", "task-received"):
         if event.get("name"):

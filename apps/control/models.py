@@ -45,6 +45,10 @@ class TaskRecord(models.Model):
     # True while the state was set by the control plane (CANCELLED of a queued task, LOST) and no worker
     # event has confirmed it yet: a later event that tells what really happened may still replace it.
     provisional = models.BooleanField(default=False)
+    # Set when a dead-letter replay reopens the task: the time its letter was stored. Every event of the
+    # life before (a worker's late task-failed) is older, every event of the replayed run newer; older
+    # events are ignored, so a late one cannot put back the old final state.
+    reopened_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

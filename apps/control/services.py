@@ -215,6 +215,7 @@ def replay_dead_letters(letters, actor=None) -> dict:
         else:
             to_publish.append(letter)
     if to_publish:
+        _reopen([letter for letter in to_publish if letter.task_id])
         with confirmed_batch(raise_on_failure=False) as batch:
             published = [(letter, deadletters.publish_again(batch, letter)) for letter in to_publish]
         for letter, tag in published:
@@ -222,7 +223,9 @@ def replay_dead_letters(letters, actor=None) -> dict:
             if state == "acked":
                 _mark_replayed(letter, actor)
                 replayed.append(letter.id)
-            elif state == "nacked":
+                continue
+            _failed_again(letter)
+            if state == "nacked":
                 queue = deadletters.replay_route(letter)[1]
                 skipped.append({"id": letter.id, "code": "queue_full",
                                 "reason": f"refused by RabbitMQ: queue {queue} is full; still stored, replay it later"})
@@ -235,13 +238,26 @@ def replay_dead_letters(letters, actor=None) -> dict:
     return outcome
 
 
+def _reopen(letters) -> None:
+    """Before the publish: the ledger follows each task again from QUEUED. Done first because the
+    replayed run can start, and its events arrive, before the confirm does."""
+    for letter in letters:
+        TaskRecord.objects.filter(task_id=letter.task_id).update(
+            state=states.QUEUED, provisional=False, last_event_at=None, finished_at=None, sent_at=timezone.now(),
+            reopened_at=letter.stored_at)
+
+
+def _failed_again(letter) -> None:
+    """RabbitMQ refused the replay or did not confirm it: FAILURE again, provisional (an unconfirmed
+    publish may still have been enqueued, and then its run's events say what really happened)."""
+    if letter.task_id:
+        TaskRecord.objects.filter(task_id=letter.task_id, state=states.QUEUED).update(
+            state=states.FAILURE, provisional=True, finished_at=timezone.now())
+
+
 def _mark_replayed(letter, actor) -> None:
-    with transaction.atomic():
-        DeadLetter.objects.filter(pk=letter.pk).update(
-            replayed_at=timezone.now(), replayed_by=actor if getattr(actor, "is_authenticated", False) else None)
-        if letter.task_id:  # the ledger follows the task again from QUEUED
-            TaskRecord.objects.filter(task_id=letter.task_id).update(
-                state=states.QUEUED, provisional=False, last_event_at=None, finished_at=None, sent_at=timezone.now())
+    DeadLetter.objects.filter(pk=letter.pk).update(
+        replayed_at=timezone.now(), replayed_by=actor if getattr(actor, "is_authenticated", False) else None)
 
 
 def replay_one(letter_id: int, actor=None) -> dict:

@@ -137,3 +137,16 @@ def test_a_row_created_between_read_and_insert_is_updated_not_lost(monkeypatch):
     record = TaskRecord.objects.get(task_id="t1")
     assert (record.state, record.name, record.retry_of) == (states.SUCCESS, "n", "set-by-api")
     assert len(calls) == 2  # the slow path ran
+
+
+def test_a_late_event_of_the_life_before_a_replay_is_ignored():
+    # A CI run: the worker's task-failed (sent before it dead-lettered the message) reached the recorder
+    # after the replay had reopened the task, and FAILURE (sticky) hid the replayed run's SUCCESS.
+    from datetime import datetime, timezone
+
+    record = apply(ev("task-started", 1, hostname="io@a"))
+    record.state, record.reopened_at = states.QUEUED, datetime.fromtimestamp(T0 + 3, tz=timezone.utc)
+    for event in (ev("task-started", 4, hostname="io@b"), ev("task-failed", 2, exception="Reject('x')"),
+                  ev("task-succeeded", 5, result="ok")):
+        ledger.apply_event(record, event)
+    assert (record.state, record.worker, record.result, record.error) == (states.SUCCESS, "io@b", "ok", "")
