@@ -126,3 +126,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("::", 1)[0] in ONCE_PER_RUN:
             item.add_marker(pytest.mark.once)
+
+
+def _never_the_deadlock_victim(sender, connection, **kwargs):
+    """PostgreSQL: the flush after each transactional test (one TRUNCATE of every table) can deadlock with
+    a worker or the recorder still writing what the test left in flight; a CI run lost two tests' teardowns
+    that way. The session that first waits ``deadlock_timeout`` breaks the cycle by failing itself, so the
+    test process waits longer than the platform's processes (1 s default): they fail and retry their own
+    work (the recorder replays its batch, a task retries), as they must after any deadlock."""
+    if connection.vendor != "postgresql":
+        return
+    from django.db import DatabaseError
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET deadlock_timeout = '10s'")
+    except DatabaseError:  # only a superuser may set it (CI's postgres is); others keep the race
+        pass
+
+
+def pytest_configure(config):
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_never_the_deadlock_victim, weak=False)

@@ -38,6 +38,14 @@ def parse_eta(value) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+def _count(value) -> int:
+    """A counter from an event (any client can publish one): 0 when it is not a number."""
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _exception_name(exception: str) -> str:
     return (exception or "").split("(", 1)[0].strip().rsplit(".", 1)[-1]
 
@@ -80,7 +88,7 @@ def apply_event(record, event: dict) -> bool:
         if kind == "task-sent":
             record.queue = event.get("queue") or event.get("routing_key") or record.queue
             record.sent_at = record.sent_at or when
-        record.retries = max(record.retries, int(event.get("retries") or 0))
+        record.retries = max(record.retries, _count(event.get("retries")))
         record.eta = parse_eta(event.get("eta")) or record.eta
         record.parent_id = event.get("parent_id") or record.parent_id
         record.root_id = event.get("root_id") or record.root_id
@@ -88,7 +96,8 @@ def apply_event(record, event: dict) -> bool:
             call_args, call_kwargs = redaction.parse_repr(event.get("args")), redaction.parse_repr(event.get("kwargs"))
             record.args, record.kwargs = redaction.redact_call(
                 record.name, call_args, call_kwargs, event.get("args") or "", event.get("kwargs") or "")
-            if isinstance(call_args, (list, tuple)) and isinstance(call_kwargs, dict):
+            if isinstance(call_args, (list, tuple)) and isinstance(call_kwargs, dict) \
+                    and redaction.json_safe(call_args, call_kwargs):
                 record.call = {"args": list(call_args), "kwargs": call_kwargs}
     elif kind == "task-started":
         record.worker = event.get("hostname") or record.worker
@@ -119,7 +128,7 @@ def apply_event(record, event: dict) -> bool:
     if new_state is None:
         return False
     if new_state == states.QUEUED and record.state in states.RUNNING \
-            and int(event.get("retries") or 0) <= previous_retries:
+            and _count(event.get("retries")) <= previous_retries:
         # Celery sends task-sent after the publish is confirmed, so it can be newer than task-started.
         return False
     return _move(record, new_state, when)

@@ -10,6 +10,7 @@ value out of RabbitMQ events and Flower too pass ``argsrepr=``/``kwargsrepr=`` t
 from __future__ import annotations
 
 import ast
+import json
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -23,6 +24,16 @@ def parse_repr(text: str | None) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
+
+
+def json_safe(*values) -> bool:
+    """Whether parsed call arguments can be stored as JSON. A repr Celery truncated ends in ``...``, which
+    parses as Ellipsis; sets, bytes and complex numbers parse too, and none of them is JSON."""
+    try:
+        json.dumps(values, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 _imported = False

@@ -150,3 +150,9 @@ def test_a_late_event_of_the_life_before_a_replay_is_ignored():
                   ev("task-succeeded", 5, result="ok")):
         ledger.apply_event(record, event)
     assert (record.state, record.worker, record.result, record.error) == (states.SUCCESS, "io@b", "ok", "")
+
+
+def test_a_truncated_repr_is_shown_but_not_kept_as_a_call():
+    # Celery truncates argsrepr past 1 KiB with "...": it parses as Ellipsis, which is not JSON.
+    record = apply(ev("task-sent", 0, name="x", args="([1, 2, ...],)", kwargs="{}", retries="many"))
+    assert record.call is None and "..." in record.args and record.retries == 0

@@ -96,8 +96,13 @@ def test_a_worker_started_later_loads_cancellations_from_the_database(start_work
     try:
         from project.celery import app
 
-        revoked = app.control.inspect([worker.nodename], timeout=3).revoked() or {}
-        assert "cancelled-before-start" in revoked.get(worker.nodename, [])
+        # Loaded before the worker's first message (it answered a ping); only the inspect reply may be slow
+        # on a loaded machine (a CI run's single 3 s inspect got no reply), so ask until it answers.
+        def revoked():
+            replies = app.control.inspect([worker.nodename], timeout=3).revoked() or {}
+            return replies.get(worker.nodename)
+
+        assert "cancelled-before-start" in wait_for(revoked, timeout=30, message=f"{worker.nodename}'s revoked list")
     finally:
         worker.stop()
 

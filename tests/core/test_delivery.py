@@ -73,17 +73,30 @@ def test_a_countdown_longer_than_consumer_timeout_runs_once_on_time_without_hold
 
 @contextmanager
 def sole_consumer_of(queue: str, nodename: str):
-    """Have every other worker stop consuming ``queue`` for the duration (Celery remote control)."""
-    consuming = app.control.inspect(timeout=2).active_queues() or {}
-    others = [node for node, queues in consuming.items()
-              if node != nodename and any(q["name"] == queue for q in queues)]
-    if others:
-        app.control.cancel_consumer(queue, destination=others, reply=True)
+    """Have every other worker stop consuming ``queue`` for the duration (Celery remote control).
+
+    RabbitMQ's consumer count says when it holds: a worker slow to answer one inspect (a CI run's idle
+    test had its task taken by a worker that missed the 2 s inspect) is asked again until it has stopped.
+    """
+    from apps.core.broker import queue_depths
+
+    others: set[str] = set()
+
+    def alone():
+        consuming = app.control.inspect(timeout=2).active_queues() or {}
+        found = {node for node, queues in consuming.items()
+                 if node != nodename and any(q["name"] == queue for q in queues)}
+        if found:
+            app.control.cancel_consumer(queue, destination=sorted(found), reply=True, timeout=5)
+            others.update(found)
+        return nodename in consuming and queue_depths([queue])[0].consumers == 1
+
     try:
+        wait_for(alone, timeout=60, interval=0.5, message=f"{nodename} to be the only consumer of {queue}")
         yield
     finally:
         if others:
-            app.control.add_consumer(queue, destination=others, reply=True)
+            app.control.add_consumer(queue, destination=sorted(others), reply=True)
 
 
 def test_transient_errors_are_retried_and_then_succeed(io_worker, effects):
