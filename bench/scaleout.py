@@ -12,7 +12,8 @@ Configurations (docs/benchmarks.md, "Scale-out"):
                cpu worker in the root namespace (a namespace cannot reach the root's 127.0.0.1);
   * cluster-N: the cluster (quorum queues of PLATFORM_QUORUM_GROUP_SIZE members, leaders on node 1, as
                tests/cluster declares them), one cpu worker on each of N worker hosts (network namespaces
-               on the cluster's bridge, tests.support.cluster.HostWorker), given the node list.
+               on the cluster's bridge, tests.support.cluster.HostWorker), given the node list (or node 1
+               only with --leader-only: the single node's path, plus the bridge and replication).
 Every worker is compose/start/cpu with CPU_CONCURRENCY children (default 2: one per core of a host).
 Rounds interleave the configurations (rotated each round) so the drift of this shared machine hits all
 of them alike; medians are reported. Needs root. Needs SQLite (worker hosts share it through the
@@ -110,10 +111,11 @@ class Cluster:
     """The cluster with ``hosts`` worker hosts; the topology declared from node 1 first, as tests/cluster
     does, so every queue's leader is on node 1 (the worst case for one node, and the same in every run)."""
 
-    def __init__(self, hosts: int):
+    def __init__(self, hosts: int, leader_only: bool = False):
         from tests.support import cluster
 
         self.cluster, self.hosts, self.name = cluster, hosts, f"cluster-{hosts}"
+        self.leader_only = leader_only  # every client on node 1 (the leaders' node): no inter-node hop
         self.pids = [int(cluster.ctl(n, "eval", "list_to_integer(os:getpid()).").strip()) for n in cluster.NODES]
 
     @contextmanager
@@ -129,7 +131,7 @@ class Cluster:
                 for queue in topology.work_queues():
                     queue(connection.channel()).declare()
                 declare_dead_letter_queues(connection)
-            yield self.cluster.broker_url(vhost)
+            yield self.cluster.node_url(1, vhost) if self.leader_only else self.cluster.broker_url(vhost)
         finally:
             self.cluster.delete_vhost(vhost)
 
@@ -275,6 +277,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, choices=[1, 2, 3], default=3, help="up to this many worker hosts")
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker (per host)")
     parser.add_argument("--chunk-bytes", type=int, default=8 * 2**20)
+    parser.add_argument("--leader-only", action="store_true",
+                        help="give cluster clients node 1 only (where the topology, declared there, has its leaders)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave a cluster started here running")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "scaleout.json")
     args = parser.parse_args()
@@ -302,7 +306,8 @@ def main() -> None:
 
             result["cluster"] = {"prefix": cluster.PREFIX, "subnet": f"{cluster.SUBNET}.0/24",
                                  "quorum_group_size": int(os.environ.get("PLATFORM_QUORUM_GROUP_SIZE", "3"))}
-            targets = [Single(), *(Cluster(n) for n in range(1, args.hosts + 1))]
+            result["cluster"]["clients_connect_to"] = "node 1" if args.leader_only else "the node list"
+            targets = [Single(), *(Cluster(n, args.leader_only) for n in range(1, args.hosts + 1))]
             for r in range(args.rounds):
                 for target in targets[r % len(targets):] + targets[:r % len(targets)]:
                     print(f"round {r + 1}/{args.rounds}: {target.name}", flush=True)
