@@ -2,8 +2,8 @@
 cluster of bin/cluster with 1, 2 and 3 worker hosts, in one run, every figure beside the same run's
 single-node figure.
 
-    .venv/bin/python bench/scaleout.py                  # ~15 min; writes bench/scaleout.json, prints a table
-    .venv/bin/python bench/scaleout.py --size tiny --rounds 1   # a minute or two past the cluster start
+    .venv/bin/python bench/scaleout.py                  # ~16 min; writes bench/scaleout.json, prints a table
+    .venv/bin/python bench/scaleout.py --size tiny --rounds 1   # a smoke run: 4 min here, starting the cluster included
     CLUSTER_PREFIX=pls CLUSTER_SUBNET=10.214.0 CLUSTER_DIR=$PWD/var/cluster-pls .venv/bin/python bench/scaleout.py
         # beside another cluster on the same machine (bin/cluster and tests/support/cluster.py read these)
 
