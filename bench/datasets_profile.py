@@ -126,28 +126,39 @@ class CpuWorker:
         self.log.close()
 
 
+def import_once(path: Path, name: str, chunk_bytes: int):
+    """Register ``path`` as dataset ``name`` and wait for its import to end; the READY dataset."""
+    from apps.datasets import services
+    from apps.datasets.models import Dataset
+
+    dataset = services.register_dataset(str(path), name=name, options={"chunk_bytes": chunk_bytes})
+    while (dataset := Dataset.objects.get(pk=dataset.pk)).is_active:
+        time.sleep(0.05)
+    if dataset.status != "READY":
+        raise SystemExit(f"import {dataset.pk} ended {dataset.status}: {dataset.error}")
+    return dataset
+
+
+def import_seconds(dataset) -> float:
+    """Enqueue (row created, message published on commit) -> profile stored with READY."""
+    return (dataset.finished_at - dataset.created_at).total_seconds()
+
+
 def run_end_to_end(path: Path, broker_url: str, concurrency: int, chunk_bytes: int, repeat: int) -> dict:
     """``repeat`` imports of the file on one worker; the fastest counts (the machine is shared)."""
     from project.celery import app
     from apps.datasets import services
-    from apps.datasets.models import Dataset
 
     worker = CpuWorker(broker_url, concurrency).wait_ready(app)
     runs = []
     try:
         for _ in range(repeat):
-            dataset = services.register_dataset(str(path), name=f"bench-{concurrency}", options={"chunk_bytes": chunk_bytes})
-            while (dataset := Dataset.objects.get(pk=dataset.pk)).is_active:
-                time.sleep(0.05)
-            if dataset.status != "READY":
-                raise SystemExit(f"import {dataset.pk} ended {dataset.status}: {dataset.error}")
-            runs.append(dataset)
+            runs.append(import_once(path, f"bench-{concurrency}", chunk_bytes))
     finally:
         worker.stop()
         for dataset in runs:  # the Parquet copies of a benchmark are not kept (GiBs on big files)
             services.remove_workdir(dataset)
-    # enqueue (row created, message published on commit) -> profile stored with READY
-    seconds = [(d.finished_at - d.created_at).total_seconds() for d in runs]
+    seconds = [import_seconds(d) for d in runs]
     best = min(seconds)
     fastest = runs[seconds.index(best)]
     return {"children": concurrency, "seconds": round(best, 3), "all_seconds": [round(x, 3) for x in seconds],
