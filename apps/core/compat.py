@@ -16,7 +16,9 @@ third node. A single-URL connection keeps kombu's behaviour in both.
    a failover declares its queue again. On the next node of the same cluster the queue exists already, and
    during a partition that declare blocks until the node's net_ticktime declares the cut node down (14.1 s
    in the case; 17.7 s in a bare kombu probe, while a publish without it was confirmed after 6.6 s).
-   Queues, exchanges and bindings are cluster-wide definitions: the set is kept (``clear`` does nothing).
+   Durable queues, exchanges and bindings are cluster-wide definitions that survive node failures: the
+   platform topology's entries are kept (``clear`` forgets only the others; transient ones such as
+   ``celery.pidbox`` are gone after a restart of the nodes and must be declared again).
 
 2. ``FailoverConnection.maybe_switch_next``: leave a node without the closing handshake.
    kombu's ``switch`` closes the old connection politely: ``Channel.Close`` then ``Connection.Close``, each
@@ -36,7 +38,7 @@ third node. A single-URL connection keeps kombu's behaviour in both.
    node is marked moves on first (``_connection_factory``): after the heal in the case, pooled connections
    still on the cut node each spent the connect timeout there and raised it to the caller (2 publishes).
 
-kombu names relied on: ``Connection.declared_entities`` (a set the instance owns), ``Connection.alt``,
+kombu names relied on: ``Queue.__hash__``/``Exchange.__hash__`` as the cache keys, ``Connection.declared_entities`` (a set the instance owns), ``Connection.alt``,
 ``Connection.maybe_switch_next`` (called inside the ``except`` of ``ensure`` and ``_ensure_connection``),
 ``collect``, ``_connection``, ``_connection_factory``, ``cycle``, ``ConnectionPool.new`` building
 ``PooledConnection(pool, **connection._info())``.
@@ -85,12 +87,40 @@ def is_unreachable(node: tuple) -> bool:
         return until is not None and until > time.monotonic()
 
 
+def _durable_topology() -> frozenset:
+    """kombu's cache keys of the platform's work and dead-letter queues and their exchanges: durable
+    definitions, which a cluster keeps across node failures and restarts."""
+    global _DURABLE
+    if _DURABLE is None:
+        from project import topology
+
+        entities = set()
+        for queue in (*topology.work_queues(), *topology.dead_letter_queues()):
+            if queue.durable and not queue.auto_delete and not queue.exclusive:
+                entities.add(hash(queue))
+                if queue.exchange is not None and queue.exchange.durable and not queue.exchange.auto_delete:
+                    entities.add(hash(queue.exchange))
+        _DURABLE = frozenset(entities)
+    return _DURABLE
+
+
+_DURABLE: frozenset | None = None
+
+
 class KeptDeclarations(set):
     """``Connection.declared_entities`` for a failover list: kombu's ``clear()`` calls (on switch,
-    close, collect, reconnect) keep the declarations; ``forget()`` really empties it."""
+    close, collect, reconnect) keep the declarations of the platform's durable topology and forget the
+    rest; ``forget()`` empties it.
 
-    def clear(self) -> None:  # kombu calls it on every reconnect: the cluster still has the entities
-        pass
+    Only the durable topology: a transient entity (Celery's ``celery.pidbox`` fanout exchange, reply
+    queues) does not survive a restart of the nodes, and must be declared again after one. Keeping every
+    declaration made the workers publish to a vanished ``celery.pidbox`` after the majority-loss case
+    (404 NOT_FOUND, both host workers exited)."""
+
+    def clear(self) -> None:  # kombu calls it on every reconnect
+        kept = self & _durable_topology()
+        super().clear()
+        self.update(kept)
 
     def forget(self) -> None:
         super().clear()

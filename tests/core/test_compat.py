@@ -15,7 +15,14 @@ NODES = "memory://node-a//;memory://node-b//;memory://node-c//"
 
 
 def queue() -> Queue:
-    return Queue("compat-probe", Exchange("compat-probe", "direct"), "compat-probe")
+    """A queue of the platform's durable topology (the dataset lane)."""
+    from project import topology
+
+    return topology.work_queues()[0]
+
+
+def transient() -> Exchange:
+    return Exchange("compat-probe.pidbox", "fanout", durable=False, auto_delete=True)
 
 
 def test_the_kombu_names_compat_relies_on_are_where_they_were():
@@ -27,6 +34,7 @@ def test_the_kombu_names_compat_relies_on_are_where_they_were():
     for method in (Connection.switch, Connection._connection_factory, Connection.collect):
         assert "self.declared_entities.clear()" in inspect.getsource(method), method.__name__
     assert "declared_entities" in inspect.getsource(kombu.common._maybe_declare)
+    assert "ident = hash(entity)" in inspect.getsource(kombu.common._maybe_declare)  # the cache key
     # The pool builds its connections from the source's _info(), not with the source's class.
     assert "PooledConnection(self, **dict(self.connection._info(resolve=False)))" in inspect.getsource(
         kombu.connection.ConnectionPool.new)
@@ -62,8 +70,11 @@ def test_a_failover_keeps_the_declarations_and_drops_the_old_socket_without_a_ha
         collect.assert_called_once()  # the socket is dropped before kombu's switch would close it politely
         assert hash(entity) in connection.declared_entities
         assert maybe_declare(entity, connection.default_channel) is False  # not declared again on the next node
-        connection._connection_factory()  # a reconnect empties kombu's set; not this one
+        other = transient()
+        maybe_declare(other, connection.default_channel)
+        connection._connection_factory()  # a reconnect empties kombu's set; this one keeps the durable topology
         assert hash(entity) in connection.declared_entities
+        assert hash(other) not in connection.declared_entities  # a transient one is gone after a node restart
         connection.declared_entities.forget()
         assert not connection.declared_entities
 
