@@ -24,6 +24,7 @@ from django.conf import settings
 from kombu.serialization import dumps
 
 from apps.core import delays
+from apps.core.cluster import ClusterConnection
 from project.topology import DELAY_ENTRY_EXCHANGE, LANES_BY_NAME
 
 
@@ -103,6 +104,11 @@ logging.getLogger("celery.app.base").addFilter(_DropDirectExchangeWarning())
 
 
 class PlatformAMQP(AMQP):
+    # Every connection Celery opens (connection_for_write/read, the connection and producer pools) is one:
+    # on a node list it fails over without declaring its queues again, without the closing handshake with the
+    # node it leaves, and past nodes found unreachable just now (apps/core/compat.py, with the measurements).
+    Connection = ClusterConnection
+
     def as_task_v2(self, task_id, name, *args, **kwargs):
         """Build the message, serialize its body once, and refuse it if too large.
 

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url, parse_url
 
+from apps.core.compat import FailoverConnection
 from project import topology
+
+
+class ClusterConnection(FailoverConnection, Connection):
+    """The platform's broker connection (``PlatformAMQP.Connection``: Celery builds every connection from it,
+    and its pool hands out the same kind). On a node list it fails over without declaring its queues again,
+    without the closing handshake with the node it leaves, and past nodes found unreachable just now
+    (apps/core/compat.py, with the measurements)."""
 
 
 def broker_urls(url: str | None = None) -> list[str]:

@@ -13,6 +13,19 @@ from tests.support.workers import database_url
 
 HEARTBEAT = 10  # seconds, for the cluster's workers: "resumes within two heartbeats" is then 20 s
 
+# Mail on the worker hosts: a real SMTP server (aiosmtpd) on the bridge, and delivery bounds short enough that
+# a message whose worker was cut off is taken over within the case: the claim lease outlives the hard limit
+# (settings: "a SENDING row older than this lost its worker"), and each SMTP operation is bounded below both.
+MAIL_ENV = {
+    "EMAIL_TIMEOUT": "8",
+    "MAIL_SEND_SOFT_TIME_LIMIT": "12",
+    "MAIL_SEND_TIME_LIMIT": "16",
+    "MAIL_CLAIM_LEASE": "20",
+    "MAIL_RETRY_BACKOFF_BASE": "0.5",
+    "MAIL_RETRY_BACKOFF_MAX": "2",
+    "MAIL_DOMAIN_RATE": "0",  # unlimited: the case measures delivery, not the rate limit
+}
+
 
 @pytest.fixture(scope="session")
 def live_cluster():
@@ -58,6 +71,46 @@ def cluster_db_url(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session")
+def smtp_sink(live_cluster):
+    """The real SMTP server the worker hosts deliver to. A host namespace reaches the root namespace only
+    through the bridge, so the server listens on the bridge's address (tests/support/cluster.py)."""
+    import socket
+
+    from tests.mail.smtp_servers import Behaviour, CountingController
+
+    with socket.socket() as s:
+        s.bind((cluster.BRIDGE_ADDRESS, 0))
+        port = s.getsockname()[1]
+    controller = CountingController(Behaviour(), hostname=cluster.BRIDGE_ADDRESS, port=port)
+    controller.start()
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+def host_worker_env(smtp_sink, **extra) -> dict:
+    """Environment of every worker on a worker host: the cluster's heartbeat and the SMTP sink."""
+    return {"CELERY_BROKER_HEARTBEAT": str(HEARTBEAT), "EMAIL_HOST": cluster.BRIDGE_ADDRESS,
+            "EMAIL_PORT": str(smtp_sink.port), **MAIL_ENV, **{k: str(v) for k, v in extra.items()}}
+
+
+@pytest.fixture
+def sender_mail_limits():
+    """Celery writes the *sender's* task time limits into each message and the worker honours those: give
+    this process the limits of MAIL_ENV while a case sends mail."""
+    from apps.mail.tasks import bulk_send_message, send_message
+
+    saved = [(t, t.soft_time_limit, t.time_limit) for t in (send_message, bulk_send_message)]
+    for task in (send_message, bulk_send_message):
+        task.soft_time_limit = int(MAIL_ENV["MAIL_SEND_SOFT_TIME_LIMIT"])
+        task.time_limit = int(MAIL_ENV["MAIL_SEND_TIME_LIMIT"])
+    yield
+    for task, soft, hard in saved:
+        task.soft_time_limit, task.time_limit = soft, hard
+
+
+@pytest.fixture(scope="session")
 def worker_hosts(live_cluster):
     """Two worker hosts (network namespaces on the cluster's bridge): cpu1 and io1."""
     hosts = {"cpu1": 21, "io1": 22}
@@ -71,7 +124,7 @@ def worker_hosts(live_cluster):
 
 
 @pytest.fixture(scope="session")
-def host_workers(cluster_vhost, cluster_db_url, worker_hosts):
+def host_workers(cluster_vhost, cluster_db_url, worker_hosts, smtp_sink):
     """A prefork worker on host cpu1 and an eventlet worker on host io1, both given the node list."""
     from kombu import Connection
 
@@ -86,11 +139,10 @@ def host_workers(cluster_vhost, cluster_db_url, worker_hosts):
         for queue in topology.work_queues():
             queue(channel).declare()
         declare_dead_letter_queues(connection)
-    env = {"CELERY_BROKER_HEARTBEAT": str(HEARTBEAT)}
     url = cluster.broker_url(cluster_vhost)
     workers = {
-        "cpu": cluster.HostWorker("cpu1", "cpu", url, cluster_db_url, env={**env, "CPU_CONCURRENCY": "2"}),
-        "io": cluster.HostWorker("io1", "io", url, cluster_db_url, env={**env, "IO_CONCURRENCY": "20"}),
+        "cpu": cluster.HostWorker("cpu1", "cpu", url, cluster_db_url, env=host_worker_env(smtp_sink, CPU_CONCURRENCY=2)),
+        "io": cluster.HostWorker("io1", "io", url, cluster_db_url, env=host_worker_env(smtp_sink, IO_CONCURRENCY=20)),
     }
     try:
         for worker in workers.values():

@@ -64,6 +64,16 @@ class Outcome:
                 f"{self.longest_publish:.1f} |")
 
 
+def write_report_row(outcome: Outcome) -> None:
+    """Append a case's row to var/cluster-report.md (CLUSTER_REPORT), header first."""
+    report = Path(os.environ.get("CLUSTER_REPORT", "var/cluster-report.md"))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    if not report.exists():
+        report.write_text(Outcome.HEADER)
+    with report.open("a") as f:
+        f.write(outcome.row() + "\n")
+
+
 class Load:
     def __init__(self, directory: Path, pause: float = 0.02):
         self.directory = directory
@@ -150,12 +160,7 @@ class Load:
             longest_publish=max((p.answered - p.started for p in answered), default=0.0),
             errors=sorted({p.error.split(":")[0] for p in self.publishes if p.error}),
         )
-        report = Path(os.environ.get("CLUSTER_REPORT", "var/cluster-report.md"))
-        report.parent.mkdir(parents=True, exist_ok=True)
-        if not report.exists():
-            report.write_text(Outcome.HEADER)
-        with report.open("a") as f:
-            f.write(outcome.row() + "\n")
+        write_report_row(outcome)
         print(outcome.row(), "errors:", outcome.errors)
         for p in self.publishes:  # the slow answers, relative to the fault: where a caller waited
             if p.answered - p.started > 2:

@@ -134,13 +134,11 @@ def test_minority_partition_of_the_leading_node(cluster_vhost, host_workers, tmp
     assert new_leader != leader
     assert outcome.lost == 0 and outcome.duplicated == 0, outcome
     assert outcome.confirmed > 100 and outcome.executed == outcome.confirmed - outcome.dead_lettered
-    # A publisher on the cut node has no heartbeat: its bound is the confirm timeout, then a reconnect that
-    # tries the cut node first (connect timeout) before the next one. Measured 23.9 s (docs/reliability.md).
-    from django.conf import settings
-
-    bound = settings.CELERY_BROKER_TRANSPORT_OPTIONS["confirm_timeout"] + 2 * HEARTBEAT
-    assert outcome.stall <= bound, f"processing stalled {outcome.stall:.1f}s (> {bound}s)"
-    assert outcome.longest_publish <= bound, f"a publish waited {outcome.longest_publish:.1f}s"
+    # "Processing resumes within two heartbeat intervals after a single-node loss", for the processing and
+    # for the publisher that was on the cut node (it has no heartbeat: its publish fails over through
+    # apps/core/compat.py, which skips the re-declare and the cut node; docs/reliability.md has the steps).
+    assert outcome.stall <= 2 * HEARTBEAT, f"processing stalled {outcome.stall:.1f}s (> two heartbeats)"
+    assert outcome.longest_publish <= 2 * HEARTBEAT, f"a publish waited {outcome.longest_publish:.1f}s"
     assert_workers_serve(host_workers)
 
 
