@@ -5,6 +5,7 @@ var/cluster-report.md (docs/reliability.md has the latest table).
 Targets: 0 confirmed messages lost, 0 duplicated effects; after a single-node loss processing resumes
 within two heartbeat intervals.
 """
+import subprocess
 import time
 
 import pytest
@@ -33,6 +34,37 @@ def wait_cluster_whole(vhost: str, timeout: float = 240) -> None:
             return False
 
     wait_for(whole, timeout=timeout, interval=2, message="all three nodes and every queue member back")
+
+
+def _booted(n: int) -> bool:
+    try:
+        cluster.ctl(n, "-t", "10", "await_startup", timeout=30)
+        return True
+    except (RuntimeError, subprocess.TimeoutExpired):
+        return False
+
+
+def whole_again(vhost: str, restarted, within: float = 90) -> None:
+    """Wait until the nodes brought back rejoin and every queue member is online.
+
+    Known limit (docs/reliability.md): on RabbitMQ 3.10.8 a node's boot sometimes hangs or fails after a
+    partition heal (mnesia "inconsistent_database") or after a kill -9 of two nodes (a feature-flag sync
+    error; the rabbit app never starts). Such a node is restarted (kill -9, start), as an operator would,
+    and the test says so. The platform's guarantees the cases assert do not depend on it.
+    """
+    names = ", ".join(cluster.node_name(n) for n in restarted)
+    try:
+        wait_cluster_whole(vhost, timeout=within)
+        print(f"{names} rejoined by themselves")
+        return
+    except AssertionError:
+        pass
+    stuck = [n for n in restarted if not _booted(n)] or list(restarted)
+    print(f"{', '.join(cluster.node_name(n) for n in stuck)} did NOT rejoin within {within:.0f} s: restarted")
+    for n in stuck:
+        cluster.kill_node(n)
+        cluster.start_node(n)
+    wait_cluster_whole(vhost)
 
 
 def _leader_or_none(vhost: str, nodes) -> int | None:
@@ -120,17 +152,7 @@ def test_minority_partition_of_the_leading_node(cluster_vhost, host_workers, tmp
     load.wait_processed()
     outcome = load.account(f"minority partition: the node leading dataset ({cluster.node_name(leader)}) cut off "
                            f"{3 * HEARTBEAT} s, healed", cluster.broker_url(cluster_vhost), fault_at)
-    # Known limit (docs/reliability.md): on RabbitMQ 3.10 the paused minority node sometimes hangs in its
-    # restart after the heal (mnesia "inconsistent_database"); then it is restarted, as an operator would,
-    # and the test says so. The guarantees below do not depend on it.
-    try:
-        wait_cluster_whole(cluster_vhost, timeout=90)
-        print(f"{cluster.node_name(leader)} rejoined by itself after the heal")
-    except AssertionError:
-        print(f"{cluster.node_name(leader)} did NOT rejoin by itself within 90 s of the heal: restarted")
-        cluster.kill_node(leader)
-        cluster.start_node(leader)
-        wait_cluster_whole(cluster_vhost)
+    whole_again(cluster_vhost, [leader])
     assert new_leader != leader
     assert outcome.lost == 0 and outcome.duplicated == 0, outcome
     assert outcome.confirmed > 100 and outcome.executed == outcome.confirmed - outcome.dead_lettered
@@ -161,8 +183,11 @@ def test_majority_loss_gives_clear_errors_then_resumes_by_itself(cluster_vhost, 
         health = admin_client.get("/api/v1/health/")
         restored_at = time.time()
         for n in lost:
-            cluster.start_node(n)
-        wait_cluster_whole(cluster_vhost)
+            try:
+                cluster.start_node(n)
+            except RuntimeError as exc:  # its boot failed: whole_again restarts it
+                print(exc)
+        whole_again(cluster_vhost, lost)
         wait_for(lambda: any(p.confirmed and p.started > restored_at for p in load.publishes), timeout=120,
                  message="publishing to resume by itself")
         time.sleep(5)
