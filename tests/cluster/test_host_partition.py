@@ -152,10 +152,15 @@ def test_worker_host_partition_longer_than_the_heartbeat_then_healed(cluster_vho
     assert outcome.confirmed > 100 and outcome.executed == outcome.confirmed - outcome.dead_lettered
     assert io2_ran > 0, "io2 never ran mail-lane work"
     assert outcome.stall <= 2 * HEARTBEAT, f"processing stalled {outcome.stall:.1f}s (> two heartbeats)"
-    # Mail: each message delivered exactly once at the SMTP server, every one SENT, none lost or doubled.
+    # Mail: each message delivered exactly once at the SMTP server, none lost or doubled; every row SENT,
+    # or TIMED_OUT where io1's link went down after it had sent the end of DATA: the server had the mail
+    # but io1 never got the reply, and the mail lane's rule for that is "maybe delivered, never resent
+    # blindly" (a run had 12 of 477). Only io1, the host cut mid-conversation, may leave that state.
     assert mails.raised == 0 and mails.confirmed == mails.published > 200, mails
     assert mails.duplicated == 0 and mails.lost == 0, (mails, details)
-    assert mails.executed == mails.confirmed, details
+    timed_out = [m for m in rows if m.status == Status.TIMED_OUT]
+    assert mails.executed + len(timed_out) == mails.confirmed, details
+    assert senders(timed_out, cut_off) == len(timed_out), [m.claimed_by for m in timed_out]
     assert io2_sent > 0 and after_fault, "io2 sent no mail while io1 was cut off"
     assert taken_over > 0, "no mail io1 had received was delivered by io2"
     assert cut_off.alive(), cut_off.log()[-3000:]
