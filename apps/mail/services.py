@@ -295,6 +295,8 @@ def deliver(message_id: int, task_id: str = "") -> Outcome:
     except smtp.AcceptanceUnknown as exc:
         # The server may have the message. Sending it again could deliver it twice: stop and show it.
         _record(message_id, me, status=Status.TIMED_OUT, last_error=str(exc))
+        if exc.interrupted is not None:
+            raise exc.interrupted  # recorded; the task stops as it was told to
         return Outcome("TIMED_OUT", str(exc))
     except smtp.TransientFailure as exc:
         if message.attempts >= message.max_attempts:

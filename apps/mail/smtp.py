@@ -32,7 +32,15 @@ class PermanentFailure(SMTPFailure):
 
 
 class AcceptanceUnknown(SMTPFailure):
-    """No reply to the end of DATA: the server may or may not have the message."""
+    """No reply to the end of DATA: the server may or may not have the message.
+
+    ``interrupted``: the task itself was stopped while it waited for that reply (a cancel, the worker's
+    cancel of running tasks when it loses the broker); the caller records the outcome, then re-raises it.
+    """
+
+    def __init__(self, *args, interrupted: BaseException | None = None):
+        super().__init__(*args)
+        self.interrupted = interrupted
 
 
 @dataclass
@@ -145,6 +153,12 @@ def _conversation(smtp: smtplib.SMTP, sender: str, recipients: list[str], data: 
         code, resp = smtp.getreply()  # the server's verdict on the whole message
     except (OSError, smtplib.SMTPException, SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
         raise AcceptanceUnknown(f"no reply after the end of DATA: {exc!r}") from exc
+    except BaseException as exc:
+        # Killed while it waited (eventlet's GreenletExit: a cancel, or the worker cancelling its running
+        # tasks on a broker connection loss). The message may be in the kernel's send buffer and reach the
+        # server later (a cluster case had it: the row was left SENDING, the lease expired, and another
+        # worker sent it a second time). It must end TIMED_OUT like any unanswered end of DATA.
+        raise AcceptanceUnknown(f"interrupted after the end of DATA: {exc!r}", interrupted=exc) from exc
     _check(code, resp, (250,), "message refused")
     return Accepted(code, _reply_text(resp))
 

@@ -1,5 +1,6 @@
 """Delivery through the real broker, a real eventlet io worker and real SMTP servers (aiosmtpd)."""
 import signal
+import time
 from email import message_from_bytes
 
 import pytest
@@ -135,3 +136,21 @@ def test_mail_send_command_waits_for_the_outcome(mail_worker, smtp_server, capsy
                  "--idempotency-key", "cmd-1")
     assert "already exists" in capsys.readouterr().out
     assert len(smtp_server.behaviour.messages_to("cmd@accept.test")) == 1
+
+
+def test_a_task_killed_while_it_waits_for_the_reply_to_data_is_timed_out_not_left_to_resend(
+        mail_worker, smtp_server):
+    # A cluster case: the io worker lost the broker and cancelled its running tasks (eventlet kills the
+    # green thread) while one waited for the reply to the end of DATA; the row stayed SENDING, its lease
+    # expired, another worker sent the mail again, and the server had it twice.
+    message = send("killed@slowdata.test")
+    wait_for(lambda: "killed@slowdata.test" in smtp_server.behaviour.rcpt_seen, timeout=30, message="the RCPT")
+    row = wait_for(lambda: Message.objects.filter(pk=message.pk, status=Status.SENDING).first(), timeout=10,
+                   message="the claim")
+    time.sleep(0.5)  # the end of DATA follows the RCPT within milliseconds; the soft time limit is 3 s
+    from project.celery import app
+
+    app.control.revoke(row.task_id, terminate=True)
+    row = final(message, timeout=20)
+    assert row.status == Status.TIMED_OUT and "interrupted after the end of DATA" in row.last_error, row.last_error
+    assert smtp_server.behaviour.rcpt_seen.count("killed@slowdata.test") == 1
