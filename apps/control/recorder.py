@@ -64,15 +64,20 @@ def worker_events(bodies) -> list[dict]:
             if isinstance(event, dict) and str(event.get("type", "")).startswith("worker-")]
 
 
+def _by_task(events: list[dict]) -> dict[str, list[dict]]:
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for event in events:
+        by_id[str(event["uuid"])].append(event)
+    return by_id
+
+
 def record_events(events: list[dict]) -> int:
     """Apply events to the ledger in one transaction; return the number of rows touched.
 
     Most tasks start and finish within one batch, so their rows are built in memory and inserted in
     one bulk insert; only rows that already exist are updated.
     """
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for event in events:
-        by_id[str(event["uuid"])].append(event)
+    by_id = _by_task(events)
     if not by_id:
         return 0
     ids = list(by_id)
@@ -117,11 +122,8 @@ def record_batch(events: list[dict]) -> int:
         raise
     except Exception:  # noqa: BLE001  (whatever a bad event makes the ledger code raise)
         logger.warning("Recorder batch of %d events failed; recording it task by task", len(events), exc_info=True)
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for event in events:
-        by_id[str(event["uuid"])].append(event)
     recorded = 0
-    for task_id, task_events_ in by_id.items():
+    for task_id, task_events_ in _by_task(events).items():
         try:
             recorded += record_events(task_events_)
         except DATABASE_AWAY:

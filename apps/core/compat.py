@@ -87,6 +87,9 @@ def is_unreachable(node: tuple) -> bool:
         return until is not None and until > time.monotonic()
 
 
+_DURABLE: frozenset | None = None
+
+
 def _durable_topology() -> frozenset:
     """kombu's cache keys of the platform's work and dead-letter queues and their exchanges: durable
     definitions, which a cluster keeps across node failures and restarts."""
@@ -102,9 +105,6 @@ def _durable_topology() -> frozenset:
                     entities.add(hash(queue.exchange))
         _DURABLE = frozenset(entities)
     return _DURABLE
-
-
-_DURABLE: frozenset | None = None
 
 
 class KeptDeclarations(set):

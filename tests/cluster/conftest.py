@@ -74,14 +74,10 @@ def cluster_db_url(django_db_setup, django_db_blocker):
 def smtp_sink(live_cluster):
     """The real SMTP server the worker hosts deliver to. A host namespace reaches the root namespace only
     through the bridge, so the server listens on the bridge's address (tests/support/cluster.py)."""
-    import socket
+    from tests.mail.smtp_servers import Behaviour, CountingController, free_port
 
-    from tests.mail.smtp_servers import Behaviour, CountingController
-
-    with socket.socket() as s:
-        s.bind((cluster.BRIDGE_ADDRESS, 0))
-        port = s.getsockname()[1]
-    controller = CountingController(Behaviour(), hostname=cluster.BRIDGE_ADDRESS, port=port)
+    controller = CountingController(Behaviour(), hostname=cluster.BRIDGE_ADDRESS,
+                                    port=free_port(cluster.BRIDGE_ADDRESS))
     controller.start()
     try:
         yield controller

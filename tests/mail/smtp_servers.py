@@ -26,9 +26,9 @@ SLOW_SECONDS = 30
 BULK_DELAY = 0.2
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
