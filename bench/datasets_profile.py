@@ -2,9 +2,10 @@
 
 Same run, same file, same code:
   * in-process: apps.datasets.pipeline.profile_in_process (no broker, no database, one process);
-  * end to end with a cpu worker of 1 prefork child, then of 2 children (compose/start/cpu).
-Reports rows/s, the 2-vs-1 children ratio and the end-to-end vs in-process ratio, and the peak RSS of
-the worker children (their own getrusage, and psutil sampling from outside).
+  * end to end with a cpu worker of 1 prefork child, then of 2 children (compose/start/cpu);
+  * the peers a user would compare with: DuckDB's SUMMARIZE (2 threads) and polars (bench-only deps).
+Reports rows/s, the 2-vs-1 children ratio, the end-to-end vs in-process ratio, the time against DuckDB,
+and the peak RSS of the worker children (their own getrusage, and psutil sampling from outside).
 
   .venv/bin/python bench/datasets_profile.py                 # 1,000,000 rows x 10 columns
   .venv/bin/python bench/datasets_profile.py --rows 10000000 --only 2 --no-in-process --repeat 1
@@ -187,12 +188,35 @@ def run_in_process(path: Path, chunk_bytes: int, repeat: int) -> dict:
             "rows_per_s": round(profile["rows"] / best)}
 
 
+def run_peers(path: Path) -> dict:
+    """What a user would reach for instead, on the same file in the same round: DuckDB's SUMMARIZE (2
+    threads, the worker's two cores) and polars (read_csv + describe() + n_unique(), its default threads).
+    They compute less than the platform's profile (no sketches to merge, no top values, no duplicate rows,
+    no Parquet copy); the time is what a user compares."""
+    import duckdb
+    import polars as pl
+
+    figures = {}
+    started = time.monotonic()
+    with duckdb.connect() as con:
+        con.execute("SET threads = 2")
+        rows = con.execute("SUMMARIZE SELECT * FROM read_csv_auto(?)", [str(path)]).fetchall()
+    figures["duckdb_summarize_2_threads"] = {"seconds": round(time.monotonic() - started, 3), "columns": len(rows)}
+    started = time.monotonic()
+    frame = pl.read_csv(path)
+    frame.describe()
+    frame.select(pl.all().n_unique())
+    figures["polars_describe_n_unique"] = {"seconds": round(time.monotonic() - started, 3), "columns": frame.width}
+    return figures
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-bytes", type=int, default=int(os.environ.get("DATASETS_CHUNK_BYTES", 8 * 2**20)))
     parser.add_argument("--only", type=int, choices=[1, 2], help="run only the worker with this many children")
     parser.add_argument("--no-in-process", action="store_true")
+    parser.add_argument("--no-peers", action="store_true", help="skip DuckDB SUMMARIZE and polars")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the fastest is reported")
     args = parser.parse_args()
 
@@ -216,6 +240,9 @@ def main():
         for _ in range(args.repeat):
             if not args.no_in_process:
                 runs.setdefault("in_process", []).append(run_in_process(path, args.chunk_bytes, 1))
+            if not args.no_peers:
+                for name, figure in run_peers(path).items():
+                    runs.setdefault(name, []).append(figure)
             for children in configs:
                 runs.setdefault(f"end_to_end_{children}_children", []).append(
                     run_end_to_end(path, broker_url, children, args.chunk_bytes, 1))
@@ -234,6 +261,11 @@ def main():
         for key, run in (("1", one), ("2", two)):
             if run:
                 report[f"ratio_end_to_end_{key}_children_vs_in_process"] = round(report["in_process"]["seconds"] / run["seconds"], 2)
+    duck = report.get("duckdb_summarize_2_threads")
+    if duck and two:  # issue 17's target: end to end with 2 children in no more time than SUMMARIZE (<= 1.0)
+        report["time_end_to_end_2_children_vs_duckdb_summarize"] = round(two["seconds"] / duck["seconds"], 2)
+    if duck and "in_process" in report:
+        report["time_in_process_vs_duckdb_summarize"] = round(report["in_process"]["seconds"] / duck["seconds"], 2)
     report["load_average_after"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 

@@ -5,8 +5,9 @@
 
 Each measurement gets a fresh RabbitMQ vhost. Baselines: raw kombu (persistent, publisher confirms,
 quorum queue like ours) and plain Celery (bench/plain_app.py: stock Celery + JSON, acks_late, confirms,
-classic queue, no result backend). Workers are real processes started from compose/start/<role>
-(platform) or `celery -A bench.plain_app worker` (plain).
+quorum queue, no result backend); the peer: Dramatiq, stock (bench/dramatiq_app.py). Workers are real
+processes started from compose/start/<role> (platform), `celery -A bench.plain_app worker` (plain) or the
+`dramatiq` command (peer).
 """
 from __future__ import annotations
 
@@ -115,23 +116,28 @@ def raw_consume(n: int) -> float:
 
 
 # --- plain Celery ----------------------------------------------------------------------------------
-def plain_worker(url: str, pool: str, concurrency: int):
-    env = {**os.environ, "PLAIN_BROKER_URL": url, "PLAIN_BROKER_HEARTBEAT": "0" if pool == "eventlet" else "120"}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    log = open(ROOT / "var" / f"bench-plain-{pool}-{concurrency}.log", "wb")
+class Background:
+    """A worker command in its own session, output to var/<log>, stopped with its whole process group."""
 
-    class Plain:
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "celery"), "-A", "bench.plain_app", "worker", "-P", pool,
-                                 "-c", str(concurrency), "-Q", "plain", "-l", "WARNING", "--without-mingle",
-                                 "--without-gossip"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    def __init__(self, argv: list[str], env: dict, log: str):
+        env = {**os.environ, **env}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.log = open(ROOT / "var" / log, "wb")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
-        def stop(self):
-            import signal
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
+    def stop(self):
+        import signal
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
 
-    return Plain()
+
+def plain_worker(url: str, pool: str, concurrency: int) -> Background:
+    return Background([str(ROOT / ".venv" / "bin" / "celery"), "-A", "bench.plain_app", "worker", "-P", pool,
+                       "-c", str(concurrency), "-Q", "plain", "-l", "WARNING", "--without-mingle", "--without-gossip"],
+                      {"PLAIN_BROKER_URL": url, "PLAIN_BROKER_HEARTBEAT": "0" if pool == "eventlet" else "120"},
+                      f"bench-plain-{pool}-{concurrency}.log")
 
 
 def plain_drain(n: int, pool: str, concurrency: int, task: str = "plain.noop", args=()) -> float:
@@ -147,6 +153,56 @@ def plain_drain(n: int, pool: str, concurrency: int, task: str = "plain.noop", a
                 plain_app.app.send_task(task, args=args, producer=producer)
             plain_app.app.send_task("plain.sentinel", args=(str(sentinel),), producer=producer)
         return timed_drain(vhost.url, "plain", n, lambda: plain_worker(vhost.url, pool, concurrency), sentinel)
+
+
+# --- the peer: Dramatiq ---------------------------------------------------------------------------
+def dramatiq_worker(url: str, processes: int, threads: int) -> Background:
+    return Background([str(ROOT / ".venv" / "bin" / "dramatiq"), "bench.dramatiq_app", "--processes", str(processes),
+                       "--threads", str(threads), "--queues", "peer"],
+                      {"DRAMATIQ_BROKER_URL": url}, f"bench-dramatiq-{processes}x{threads}.log")
+
+
+class DramatiqSender:
+    """Publishes to the Dramatiq worker by actor name from a broker of its own (stock: no confirms)."""
+
+    def __init__(self, url: str):
+        import logging
+
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        logging.getLogger("pika").setLevel(logging.WARNING)  # INFO logs every connection open and close
+        self.broker = RabbitmqBroker(url=url)
+        self.broker.declare_queue("peer")
+
+    def send(self, actor: str, *args) -> None:
+        import dramatiq
+
+        self.broker.enqueue(dramatiq.Message(queue_name="peer", actor_name=actor, args=args, kwargs={}, options={}))
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def dramatiq_drain(n: int, processes: int, threads: int) -> float:
+    with Vhost() as vhost:
+        sender, sentinel = DramatiqSender(vhost.url), sentinel_file()
+        try:
+            for _ in range(n):
+                sender.send("noop")
+            sender.send("sentinel", str(sentinel))
+        finally:
+            sender.close()
+        return timed_drain(vhost.url, "peer", n, lambda: dramatiq_worker(vhost.url, processes, threads), sentinel)
+
+
+def dramatiq_latency(samples: int) -> dict:
+    with Vhost() as vhost:
+        sender, worker = DramatiqSender(vhost.url), dramatiq_worker(vhost.url, 2, 1)
+        try:
+            return idle_latency(lambda sent_at, path: sender.send("latency", sent_at, path), samples)
+        finally:
+            worker.stop()
+            sender.close()
 
 
 # --- the platform ----------------------------------------------------------------------------------
@@ -225,27 +281,33 @@ def platform_drain(n: int, role: str, concurrency: int, task, args=(), db_url: s
         return timed_drain(vhost.url, queue, n, lambda: platform_worker(vhost.url, role, concurrency, db_url), sentinel)
 
 
+def idle_latency(send, samples: int) -> dict:
+    """Enqueue-to-start latency on an idle worker: ``send(sent_at, path)`` enqueues a task that appends
+    its start minus ``sent_at`` to ``path``; one at a time, 20 ms apart, after a warm-up of 10."""
+    warm = Path(tempfile.mkdtemp()) / "warm-up.log"
+    for _ in range(10):  # every child has run a task (first-task imports are not latency)
+        send(time.time(), str(warm))
+        time.sleep(0.02)
+    wait_for(lambda: warm.exists() and len(warm.read_text().split()) == 10, timeout=60, message="warm-up")
+    time.sleep(2)  # let the broker settle after the previous measurement's vhost deletion
+    path = Path(tempfile.mkdtemp()) / "latency.log"
+    for _ in range(samples):
+        send(time.time(), str(path))
+        time.sleep(0.02)  # idle worker: one task at a time
+    wait_for(lambda: path.exists() and len(path.read_text().split()) == samples, timeout=60,
+             message="every latency sample")
+    values = sorted(float(v) * 1000 for v in path.read_text().split())
+    return {"p50_ms": round(statistics.median(values), 2),
+            "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 2)}
+
+
 def platform_latency(samples: int) -> dict:
     with Vhost() as vhost:
         worker = platform_worker(vhost.url, "cpu", 2, os.environ["DATABASE_URL"]).wait_ready()
         try:
-            warm = Path(tempfile.mkdtemp()) / "warm-up.log"
-            for _ in range(10):  # both children have run a task (first-task imports are not latency)
-                bench_tasks.cpu_latency.apply_async((time.time(), str(warm)))
-                time.sleep(0.02)
-            wait_for(lambda: warm.exists() and len(warm.read_text().split()) == 10, timeout=60, message="warm-up")
-            time.sleep(2)  # let the broker settle after the previous measurement's vhost deletion
-            path = Path(tempfile.mkdtemp()) / "latency.log"
-            for _ in range(samples):
-                bench_tasks.cpu_latency.apply_async((time.time(), str(path)))
-                time.sleep(0.02)  # idle worker: one task at a time
-            wait_for(lambda: path.exists() and len(path.read_text().split()) == samples, timeout=60,
-                     message="every latency sample")
-            values = sorted(float(v) * 1000 for v in path.read_text().split())
+            return idle_latency(lambda sent_at, path: bench_tasks.cpu_latency.apply_async((sent_at, path)), samples)
         finally:
             worker.stop()
-    return {"p50_ms": round(statistics.median(values), 2),
-            "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 2)}
 
 
 def migrate(db_url: str) -> None:
@@ -277,6 +339,9 @@ def run(size: str) -> dict:
     figures["platform_drain_prefork_c2_results_postgres"] = platform_drain(
         s["drain"] // 2, "cpu", 2, bench_tasks.cpu_noop_result, db_url=POSTGRES_URL)
     figures["platform_latency_idle_prefork"] = platform_latency(s["latency"])
+    figures["dramatiq_drain_p2_t1"] = dramatiq_drain(s["drain"], 2, 1)
+    figures["dramatiq_drain_p2_t8"] = dramatiq_drain(s["io_drain"], 2, 8)
+    figures["dramatiq_latency_idle_p2_t1"] = dramatiq_latency(s["latency"])
     return figures
 
 
@@ -302,6 +367,13 @@ def ratios(f: dict) -> dict:
         "results on (SQLite) / results off, prefork": r("platform_drain_prefork_c2_results_sqlite", "platform_drain_prefork_c2"),
         "results on (PostgreSQL) / results off, prefork": r("platform_drain_prefork_c2_results_postgres",
                                                             "platform_drain_prefork_c2"),
+        # The peer (issue 17): reported, not a target. Dramatiq does less per message (no confirms, classic
+        # queues, no events or ledger); these show what Celery's engine plus the platform cost against it.
+        "drain prefork -c2 / Dramatiq 2 processes x 1 thread": r("platform_drain_prefork_c2", "dramatiq_drain_p2_t1"),
+        "plain Celery prefork -c2 / Dramatiq 2 x 1": r("plain_drain_prefork_c2", "dramatiq_drain_p2_t1"),
+        "drain eventlet -c100 / Dramatiq 2 processes x 8 threads": r("platform_drain_eventlet_c100", "dramatiq_drain_p2_t8"),
+        "idle latency p50, platform / Dramatiq (lower is better)": round(
+            f["platform_latency_idle_prefork"]["p50_ms"] / f["dramatiq_latency_idle_p2_t1"]["p50_ms"], 2),
     }
 
 
@@ -328,8 +400,10 @@ def write_markdown(path: Path, result: dict, command: str) -> None:
     lines += ["", "| ratio (same run) | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result["ratios"].items()]
     lat = result["figures"]["platform_latency_idle_prefork"]
+    peer = result["figures"]["dramatiq_latency_idle_p2_t1"]
     lines += ["", f"Enqueue-to-start latency on an idle prefork worker: p50 {lat['p50_ms']} ms (target <= 5), "
-              f"p99 {lat['p99_ms']} ms (target <= 25).", END]
+              f"p99 {lat['p99_ms']} ms (target <= 25); Dramatiq (2 x 1, same run): p50 {peer['p50_ms']} ms, "
+              f"p99 {peer['p99_ms']} ms.", END]
     block = "\n".join(lines)
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:

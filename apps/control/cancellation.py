@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from apps.control.models import TaskRecord
+
 _last_check: dict[str, float] = {}
 
 
@@ -25,8 +27,6 @@ def _current_task_id() -> str | None:
 
 def is_cancel_requested(task_id: str) -> bool:
     from celery.worker import state as worker_state
-
-    from apps.control.models import TaskRecord
 
     if task_id in worker_state.revoked:
         return True

@@ -15,7 +15,13 @@ from datetime import datetime, timezone
 import amqp.exceptions
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone as django_timezone
 
+from apps.control import states
+from apps.control.ledger import counter
+from apps.control.models import DeadLetter, TaskRecord
+from apps.control.redaction import task_registry
+from apps.core.broker import BrokerSession, BrokerUnavailable
 from project import topology
 
 # Source queues by dead-letter queue name.
@@ -38,8 +44,14 @@ def _jsonable(value):
 
 
 def _death(headers: dict) -> dict:
-    deaths = headers.get("x-death") or []
-    return deaths[0] if deaths and isinstance(deaths[0], dict) else {}
+    """RabbitMQ's newest x-death entry; {} when the header is missing or not the list of tables it writes."""
+    deaths = headers.get("x-death")
+    return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+
+
+def _death_count(death: dict) -> int:
+    """RabbitMQ writes a long; anything else came from a publisher and counts as one death."""
+    return max(1, counter(death.get("count")))
 
 
 def _death_time(death: dict) -> datetime | None:
@@ -84,8 +96,6 @@ def classify(headers: dict, content_type: str | None, body: bytes, registered: s
 
 
 def registered_tasks() -> set[str]:
-    from apps.control.redaction import task_registry
-
     return set(task_registry())
 
 
@@ -100,8 +110,6 @@ def fingerprint(headers: dict, body: bytes, death: dict) -> str:
 
 
 def _row(dead_letter_queue: str, message, registered: set[str]):
-    from apps.control.models import DeadLetter
-
     headers = dict(message.headers or {})
     properties = dict(message.properties or {})
     properties.pop("application_headers", None)
@@ -119,7 +127,7 @@ def _row(dead_letter_queue: str, message, registered: set[str]):
         task_id=str(headers.get("id") or "")[:255], task_name=str(headers.get("task") or "")[:255],
         exchange=str(death.get("exchange") or ""), routing_key=str(routing_keys[0] if routing_keys else ""),
         headers=_jsonable(headers), properties=_jsonable(properties), body=body,
-        death_count=int(death.get("count") or 1), dead_at=_death_time(death),
+        death_count=_death_count(death), dead_at=_death_time(death),
     )
 
 
@@ -132,8 +140,6 @@ def drain(url: str | None = None, queues: list[str] | None = None, batch: int = 
     after everything that could be stored was stored. Messages taken but not yet acked when a connection
     drops go back to their queue; the next drain stores them (fingerprints make that idempotent).
     """
-    from apps.core.broker import BrokerSession, BrokerUnavailable
-
     registered = registered_tasks()
     tally = {"stored": 0}  # kept across a retry: batches stored before a dropped connection count
     unavailable = []
@@ -157,9 +163,6 @@ def drain(url: str | None = None, queues: list[str] | None = None, batch: int = 
 
 
 def _drain_queue(channel, name: str, registered: set[str], batch: int, limit: int, tally: dict) -> None:
-    from apps.control.models import DeadLetter
-    from apps.control.services import mark_dead_lettered
-
     taken = 0
     while taken < limit:
         messages = []
@@ -178,6 +181,21 @@ def _drain_queue(channel, name: str, registered: set[str], batch: int, limit: in
             mark_dead_lettered(rows)
         channel.basic_ack(messages[-1].delivery_tag, multiple=True)
         taken += len(messages)
+
+
+def mark_dead_lettered(rows: list[DeadLetter]) -> None:
+    """A dead-lettered task is finished: FAILURE, with where it went and why (kept beside the error a
+    worker may have reported, e.g. a task that raised Reject)."""
+    for row in rows:
+        if not row.task_id:
+            continue
+        note = f"dead-lettered to {row.dead_letter_queue} ({row.reason}): {row.detail}"
+        for record in TaskRecord.objects.filter(task_id=row.task_id).exclude(state=states.SUCCESS):
+            if record.state in states.ACTIVE or record.state in (states.LOST, states.FAILURE):
+                record.state, record.provisional = states.FAILURE, False
+                record.finished_at = record.finished_at or django_timezone.now()
+                record.error = note if not record.error else f"{note}; worker reported {record.error}"
+                record.save(update_fields=["state", "provisional", "finished_at", "error", "updated_at"])
 
 
 def replay_route(letter) -> tuple[str, str]:

@@ -38,7 +38,7 @@ def parse_eta(value) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def _count(value) -> int:
+def counter(value) -> int:
     """A counter from an event (any client can publish one): 0 when it is not a number."""
     try:
         return max(int(value or 0), 0)
@@ -88,7 +88,7 @@ def apply_event(record, event: dict) -> bool:
         if kind == "task-sent":
             record.queue = event.get("queue") or event.get("routing_key") or record.queue
             record.sent_at = record.sent_at or when
-        record.retries = max(record.retries, _count(event.get("retries")))
+        record.retries = max(record.retries, counter(event.get("retries")))
         record.eta = parse_eta(event.get("eta")) or record.eta
         record.parent_id = event.get("parent_id") or record.parent_id
         record.root_id = event.get("root_id") or record.root_id
@@ -128,7 +128,7 @@ def apply_event(record, event: dict) -> bool:
     if new_state is None:
         return False
     if new_state == states.QUEUED and record.state in states.RUNNING \
-            and _count(event.get("retries")) <= previous_retries:
+            and counter(event.get("retries")) <= previous_retries:
         # Celery sends task-sent after the publish is confirmed, so it can be newer than task-started.
         return False
     return _move(record, new_state, when)

@@ -5,7 +5,11 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from apps.control import states
+from apps.control.errors import Unavailable
 from apps.control.models import DeadLetter, PausedQueue, TaskRecord
+from apps.core.broker import BrokerUnavailable, queue_depths
+from apps.core.health import worker_report
+from apps.core.workers import held_task_ids
 from project import topology
 
 
@@ -23,8 +27,6 @@ def tasks_visible_to(user):
 def queue_depth_map() -> dict[str, int | None]:
     """Messages per queue; None where the queue is not declared or RabbitMQ could not say (after a short retry).
     Raises ``BrokerUnavailable`` when RabbitMQ cannot be reached at all."""
-    from apps.core.broker import queue_depths
-
     return {d.name: d.messages for d in queue_depths(topology.all_queue_names())}
 
 
@@ -33,8 +35,6 @@ def workers(timeout: float = 1.5, live: bool = False) -> list[dict]:
 
     By default from what is already known: the recorder's worker registry (apps/core/workers.py), paused
     queues taken out, running tasks from the ledger. ``live``: a broadcast inspection (waits ``timeout``)."""
-    from apps.core.health import worker_report
-
     if live:
         return worker_report(timeout=timeout, include_active=True, live=True)
     paused = set(PausedQueue.objects.values_list("queue", flat=True))
@@ -53,17 +53,12 @@ def workers(timeout: float = 1.5, live: bool = False) -> list[dict]:
 
 def task_ids_held_by_workers(timeout: float = 1.5) -> set[str]:
     """Tasks this deployment's workers hold right now (a broadcast; foreign workers do not count)."""
-    from apps.core.workers import held_task_ids
-
     return held_task_ids(timeout=timeout)
 
 
 def queues_status(with_depths: bool = True) -> list[dict]:
     """Each work queue: pause state, depths, dead letters. A queue RabbitMQ could not answer for has its depths
     as None and ``unavailable`` saying why; RabbitMQ unreachable raises ``Unavailable`` (503, one line)."""
-    from apps.control.errors import Unavailable
-    from apps.core.broker import BrokerUnavailable, queue_depths
-
     paused = {p.queue: p for p in PausedQueue.objects.all()}
     try:
         answers = {d.name: d for d in queue_depths(topology.all_queue_names())} if with_depths else {}

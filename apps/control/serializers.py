@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from apps.control import states
 from apps.control.models import ControlAction, DeadLetter, TaskRecord
+from apps.core.serializers import CachedFieldsModelSerializer
 from project import topology
 
 MAX_PAGE_SIZE = 500
@@ -43,7 +44,7 @@ class TaskFilterSerializer(PageParams):
         return attrs
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(CachedFieldsModelSerializer):
     owner = serializers.CharField(source="owner.get_username", default=None, read_only=True)
     progress = serializers.SerializerMethodField()
 
@@ -76,7 +77,7 @@ class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
 
 
-class DeadLetterSerializer(serializers.ModelSerializer):
+class DeadLetterSerializer(CachedFieldsModelSerializer):
     class Meta:
         model = DeadLetter
         fields = ["id", "dead_letter_queue", "queue", "reason", "detail", "task_id", "task_name", "exchange",
@@ -117,7 +118,7 @@ class PauseSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
 
 
-class AuditSerializer(serializers.ModelSerializer):
+class AuditSerializer(CachedFieldsModelSerializer):
     class Meta:
         model = ControlAction
         fields = ["id", "at", "actor_name", "action", "target", "params", "outcome"]

@@ -13,6 +13,9 @@ from django.utils import timezone
 from apps.control import deadletters, selectors, states
 from apps.control.errors import Conflict, ControlError, NotFound, Unavailable
 from apps.control.models import ControlAction, DeadLetter, PausedQueue, TaskRecord
+from apps.core.amqp import QueueFull
+from apps.core.broker import BrokerUnavailable
+from apps.core.bulk import confirmed_batch
 from project import topology
 
 logger = logging.getLogger(__name__)
@@ -176,21 +179,6 @@ def shutdown_worker(hostname: str, actor=None) -> dict:
 
 
 # --- dead letters ---------------------------------------------------------------------------------------
-def mark_dead_lettered(rows: list[DeadLetter]) -> None:
-    """A dead-lettered task is finished: FAILURE, with where it went and why (kept beside the error a
-    worker may have reported, e.g. a task that raised Reject)."""
-    for row in rows:
-        if not row.task_id:
-            continue
-        note = f"dead-lettered to {row.dead_letter_queue} ({row.reason}): {row.detail}"
-        for record in TaskRecord.objects.filter(task_id=row.task_id).exclude(state=states.SUCCESS):
-            if record.state in states.ACTIVE or record.state in (states.LOST, states.FAILURE):
-                record.state, record.provisional = states.FAILURE, False
-                record.finished_at = record.finished_at or timezone.now()
-                record.error = note if not record.error else f"{note}; worker reported {record.error}"
-                record.save(update_fields=["state", "provisional", "finished_at", "error", "updated_at"])
-
-
 # A skipped replay's ``code``: already_replayed, unknown_task, queue_full or unconfirmed. These two leave
 # the letter stored and not enqueued (replay it again later):
 NOT_ENQUEUED = frozenset({"queue_full", "unconfirmed"})
@@ -201,8 +189,6 @@ def replay_dead_letters(letters, actor=None) -> dict:
     exists. Only letters RabbitMQ confirmed are marked replayed; a refused one (its queue is at its bound)
     or one not confirmed in time stays stored. Each entry of ``skipped`` has the letter's ``id``, a ``code``
     for programs and a ``reason`` for people."""
-    from apps.core.bulk import confirmed_batch
-
     registered = deadletters.registered_tasks()
     replayed, skipped, to_publish = [], [], []
     for letter in letters:
@@ -271,8 +257,6 @@ def replay_one(letter_id: int, actor=None) -> dict:
                        "project; nothing was published (purge it instead)")
     outcome = replay_dead_letters([letter], actor)
     for skipped in outcome["skipped"]:  # one letter: RabbitMQ refused it, or did not confirm it in time
-        from apps.core.amqp import QueueFull
-
         if skipped["code"] == "queue_full":
             raise QueueFull(f"dead letter {letter_id} not replayed: {skipped['reason']}")
         raise Unavailable(f"dead letter {letter_id}: {skipped['reason']}")
@@ -289,8 +273,6 @@ def purge_dead_letters(letters_qs, actor=None, filters: dict | None = None) -> i
 def refresh_dead_letters() -> int:
     """Drain the dead-letter queues into the store; ``Unavailable`` (503) names any queue RabbitMQ could not
     serve, after a short retry, and why."""
-    from apps.core.broker import BrokerUnavailable
-
     try:
         return deadletters.drain()
     except BrokerUnavailable as exc:

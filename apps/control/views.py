@@ -79,7 +79,7 @@ class TaskListView(ControlView):
 
 
 def _task_for(request, task_id):
-    record = selectors.tasks_visible_to(request.user).filter(task_id=task_id).first()
+    record = selectors.tasks_visible_to(request.user).select_related("owner").filter(task_id=task_id).first()
     if record is None:
         raise NotFound(f"no task with id {task_id!r}")
     return record

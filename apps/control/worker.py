@@ -17,6 +17,9 @@ from celery import bootsteps
 from celery.worker.control import control_command, ok
 from celery.worker.consumer.tasks import Tasks
 
+from apps.control import states
+from apps.control.models import PausedQueue, TaskRecord
+
 logger = logging.getLogger(__name__)
 
 _home_queues: set[str] | None = None  # the queues this worker was started with (-Q)
@@ -31,16 +34,11 @@ def home_queues(consumer) -> set[str]:
 
 
 def paused_queue_names() -> set[str]:
-    from apps.control.models import PausedQueue
-
     return set(PausedQueue.objects.values_list("queue", flat=True))
 
 
 def pending_cancellations() -> list[str]:
     from django.utils import timezone
-
-    from apps.control import states
-    from apps.control.models import TaskRecord
 
     return list(TaskRecord.objects.filter(
         cancel_requested_at__gte=timezone.now() - REVOKED_LOOKBACK,

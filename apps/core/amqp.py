@@ -14,7 +14,6 @@ send_task) to add what Celery lacks:
 """
 from __future__ import annotations
 
-import logging
 import threading
 
 import kombu.exceptions
@@ -23,7 +22,7 @@ from celery.app.amqp import AMQP
 from django.conf import settings
 from kombu.serialization import dumps
 
-from apps.core import delays
+from apps.core import compat, delays
 from apps.core.cluster import ClusterConnection
 from project.topology import DELAY_ENTRY_EXCHANGE, LANES_BY_NAME
 
@@ -72,7 +71,7 @@ def queue_full_error(exc: Exception, name: str, task_id: str | None, queue: str 
 
 
 def take_recorder():
-    """The template recorder apps/core/single.py left for this thread's next task message, if any (once)."""
+    """The template recorder apps/core/single.py or bulk.py left for this thread's next task message (once)."""
     recorder = getattr(_publishing, "recorder", None)
     if recorder is not None:
         _publishing.recorder = None
@@ -90,24 +89,18 @@ def set_active_batch(batch):
     return previous
 
 
-class _DropDirectExchangeWarning(logging.Filter):
-    """Celery warns on every delayed publish to a direct exchange that the task "may block the worker".
-
-    PlatformAMQP routes those publishes through the delay levels, so the warning is wrong here.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Direct exchanges are not supported with native delayed delivery" not in record.getMessage()
+compat.drop_celerys_direct_exchange_warning()  # PlatformAMQP sends those through the delay levels
 
 
-logging.getLogger("celery.app.base").addFilter(_DropDirectExchangeWarning())
-
-
-class PlatformAMQP(AMQP):
+class PlatformAMQP(compat.TaskSenderHook, AMQP):
     # Every connection Celery opens (connection_for_write/read, the connection and producer pools) is one:
     # on a node list it fails over without declaring its queues again, without the closing handshake with the
     # node it leaves, and past nodes found unreachable just now (apps/core/compat.py, with the measurements).
     Connection = ClusterConnection
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        compat.derivation_enabled()  # decided when the process starts publishing; warns then if it is off
 
     def as_task_v2(self, task_id, name, *args, **kwargs):
         """Build the message, serialize its body once, and refuse it if too large.
@@ -121,8 +114,8 @@ class PlatformAMQP(AMQP):
         message.properties.update(content_type=content_type, content_encoding=content_encoding)
         return message._replace(body=data)
 
-    def _create_task_sender(self):
-        send = super()._create_task_sender()
+    def wrap_task_sender(self, send):
+        """Wrap Celery's task sender (apps/core/compat.py: ``TaskSenderHook``)."""
         queues = self.queues
         # kombu reads no "confirm_timeout" transport option: only a per-publish argument bounds the wait
         # for a confirm. Without it, a publisher whose node was cut off (no RST, e.g. a network partition)
@@ -149,9 +142,9 @@ class PlatformAMQP(AMQP):
                 kwargs["exchange_type"] = "topic"
                 kwargs["declare"] = []  # the delay levels are declared above; nothing else to declare
 
-            recorder = take_recorder()  # apps/core/single.py: keep this call's message as a template
+            recorder = take_recorder()  # apps/core/single.py, bulk.py: keep this call's message as a template
             try:
-                if recorder is not None and batch is None and delay < delays.MIN_DELAY_SECONDS:
+                if recorder is not None and delay < delays.MIN_DELAY_SECONDS:
                     sent = recorder(send, producer, name, message, exchange=exchange, routing_key=routing_key,
                                     queue=queue, **kwargs)
                 else:

@@ -128,6 +128,14 @@ class QueueDepth:
     unavailable: str | None = None  # why RabbitMQ could not say, after a short retry
 
 
+# RabbitMQ 3.x answers a passive declare of a quorum queue with 0 messages and 0 consumers when the queue's
+# Raft leader does not reply within 250 ms (rabbit_quorum_queue:stat/2 maps a timeout or an error to
+# {ok, 0, 0}; read from the 3.10.8 beam). Most likely what a CI run's health check met under load: no
+# consumer on a queue that had two. An empty, unconsumed queue costs two more round trips; a slow leader
+# gets 3 x 250 ms.
+ZERO_ANSWER_ASKS = 3
+
+
 def queue_depths(names: list[str], url: str | None = None) -> list[QueueDepth]:
     """Depth and consumers of each queue. A queue RabbitMQ cannot answer for (after a short retry) is reported
     with ``unavailable`` set; only a broker that cannot be reached at all raises ``BrokerUnavailable``."""
@@ -137,7 +145,10 @@ def queue_depths(names: list[str], url: str | None = None) -> list[QueueDepth]:
         for name in names:
             def passive_declare(channel, name=name):
                 try:
-                    _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+                    for _ in range(ZERO_ANSWER_ASKS):
+                        _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+                        if messages or consumers:
+                            break
                     return QueueDepth(name, messages, consumers)
                 except amqp.exceptions.ChannelError:  # 404: not declared; the broker closed the channel
                     session.reset_channel()

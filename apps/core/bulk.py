@@ -24,15 +24,17 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
-from celery import Signature
+from celery import Signature, signals
 from celery.result import AsyncResult
-from kombu.serialization import loads
 from kombu.utils.uuid import uuid
 
-from apps.core.amqp import set_active_batch
+from apps.core import compat
+from apps.core.amqp import set_active_batch, set_recorder
 from apps.core.events import event_producer
-from apps.core.single import derive_message, lean_headers, sent_event_for
+from apps.core.single import (derivable_task, derive_message, record_template, send_after_publish,
+                              send_before_publish, sent_event_for)
 from project import topology
 from project.celery import app
 
@@ -83,13 +85,13 @@ class _SentEvents:
         self.events: list[dict] = []
 
     def publish(self, type, fields, producer, **kwargs):
-        self.last_fields = fields
-        self.events.append(self.dispatcher._prepare_event(type, fields))
+        """What Celery's task sender calls with a message's task-sent event (its ``event_dispatcher``)."""
+        self.events.append(compat.prepare_task_sent_event(self.dispatcher, fields))
 
     def send(self, connection, accepted: set[str]) -> None:
         batch = [event for event in self.events if event["uuid"] in accepted]
         if batch:  # one message, "task.multi": the ledger recorder and the live feed read lists
-            self.dispatcher._publish(batch, event_producer(connection), "task.multi")
+            compat.publish_task_sent_events(self.dispatcher, batch, event_producer(connection))
 
 
 class ConfirmedBatch:
@@ -100,14 +102,7 @@ class ConfirmedBatch:
         self.channel = connection.channel()
         self.channel.confirm_select()
         self.tracker = _ConfirmTracker(self.channel)
-        raw_publish = self.channel._basic_publish
-
-        def publish_without_waiting(*args, **kwargs):
-            kwargs.pop("confirm_timeout", None)
-            self.tracker.published += 1
-            return raw_publish(*args, **kwargs)
-
-        self.channel.basic_publish = publish_without_waiting  # confirms are collected by settle()
+        compat.publish_without_confirm_wait(self.channel, self._count_publish)  # confirms collected by settle()
         self.producer = app.amqp.Producer(self.channel, auto_declare=False)
         queues = topology.work_queues()
         for queue in queues:
@@ -116,6 +111,9 @@ class ConfirmedBatch:
         self.sent_events = _SentEvents()
         self.tasks: list[tuple[int, str]] = []  # (delivery tag, task id) of every task message
         self.not_enqueued_handlers: dict[str, Callable[[str], None]] = {}
+
+    def _count_publish(self) -> None:
+        self.tracker.published += 1
 
     def publish(self, body: bytes, **kwargs) -> int:
         """Publish a ready-made message (``serializer=None``); returns its delivery tag for ``state``."""
@@ -218,55 +216,66 @@ class _Templates:
     Celery's per-message work (routing, option merging, building the protocol-2 message, configuration
     lookups) was most of what bulk enqueue spent per message after the confirms overlapped
     (docs/benchmarks.md). A signature with no options of its own whose task already has a template in
-    this call gets a copy of that message with what differs per call replaced: the id (and the root id
-    when the template was its own root), the arguments and their reprs, the body, and its task-sent
-    event. The size guard applies to every body. Trace context and publish time stamps are the template's
-    (the same publishing span, microseconds apart). Anything else goes through Celery.
+    this call gets a copy of that message with what differs per call replaced, as for a single call
+    (apps/core/single.py: ``record_template``, ``derive_message``): the id (and the root id when the
+    template was its own root), the arguments and their reprs, the body, and its task-sent event; the
+    publish signals are sent per message when anything listens. The size guard applies to every body.
+    Anything else, and every signature on versions the derivation was not proven on, goes through Celery.
     """
 
     def __init__(self, batch: ConfirmedBatch):
         self.batch = batch
-        self.sent_events = batch.sent_events
-        self.by_task: dict[str, tuple[dict, str, dict, dict, bool]] = {}
-        self.last_publish: tuple | None = None
-        self.publish = batch.producer.publish
-        self.repr_size = app.amqp.argsrepr_maxsize
+        self.by_task: dict = {}  # task name -> single.Template
+        self.derivable: dict[str, bool] = {}  # task name -> whether its plain calls can be derived
 
-        def recording_publish(body, **kwargs):
-            self.last_publish = (body, kwargs)
-            return self.publish(body, **kwargs)
+    def eligible(self, signature: Signature) -> bool:
+        if type(signature) is not Signature or signature.options or not compat.derivation_enabled():
+            return False
+        derivable = self.derivable.get(signature.task)
+        if derivable is None:
+            task = app.tasks.get(signature.task)
+            derivable = self.derivable[signature.task] = task is not None and derivable_task(task)
+        return derivable
 
-        batch.producer.publish = recording_publish
+    def _keep(self, task_name: str, send, producer, name, message, **kwargs):
+        """The recorder apps/core/amqp.py calls with the signature's message: publish it, keep its template."""
+        sent, template = record_template(app, send, producer, name, message, **kwargs)
+        if template is not None and name == task_name:
+            self.by_task[name] = template
+        return sent
 
-    @staticmethod
-    def eligible(signature: Signature) -> bool:
-        return type(signature) is Signature and not signature.options
-
-    def remember(self, signature: Signature, result: AsyncResult) -> None:
-        """Keep the message Celery just published for ``signature`` as its task's template."""
-        body, kwargs = self.last_publish
-        headers = kwargs.get("headers") or {}
-        if headers.get("id") != result.id or headers.get("eta"):
-            return  # not a plain task message (delayed, or something else was published last)
-        embed = loads(body, kwargs["content_type"], kwargs["content_encoding"])[2]
-        fields = dict(self.sent_events.last_fields)
-        self.by_task[signature.task] = ({**kwargs, "headers": lean_headers(headers)},
-                                        kwargs["content_type"].split("/")[-1], embed, fields,
-                                        headers.get("root_id") == result.id)
+    def record(self, signature: Signature) -> AsyncResult:
+        """Publish ``signature`` through Celery on the batch, keeping its message as its task's template."""
+        set_recorder(partial(self._keep, signature.task))
+        try:
+            return signature.apply_async(producer=self.batch.producer)
+        finally:
+            set_recorder(None)
 
     def send(self, signature: Signature) -> AsyncResult | None:
         template = self.by_task.get(signature.task)
         if template is None:
             return None
-        kwargs, serializer, embed, fields, own_root = template
-        task_id = uuid()
-        body, headers = derive_message(signature.task, kwargs["headers"], serializer, embed, self.repr_size,
-                                       tuple(signature.args), dict(signature.kwargs), task_id, own_root)
-        self.publish(body, **{**kwargs, "headers": headers, "correlation_id": task_id})
+        name, task_id, args, kwargs = signature.task, uuid(), tuple(signature.args), dict(signature.kwargs)
+        compat.check_call_arguments(app.tasks[name], args, kwargs)  # TypeError for a wrong call, as Celery raises
+        body, headers = derive_message(name, template, args, kwargs, task_id)
+        properties = {**template.signal_properties, "correlation_id": task_id, "reply_to": app.thread_oid}
+        if signals.before_task_publish.receivers:
+            send_before_publish(name, template, body, headers, properties)
+        self.batch.producer.publish(body, **{**template.publish_kwargs, **properties, "headers": headers})
         self.batch.track_task(task_id)
-        self.sent_events.events.append(
-            self.sent_events.dispatcher._prepare_event("task-sent", sent_event_for(fields, headers)))
-        return app.tasks[signature.task].AsyncResult(task_id)
+        if signals.after_task_publish.receivers:
+            send_after_publish(name, template, body, headers)
+        if template.sent_event is not None:
+            self.batch.sent_events.events.append(compat.prepare_task_sent_event(
+                self.batch.sent_events.dispatcher, sent_event_for(template.sent_event, headers)))
+        result = app.tasks[name].AsyncResult(task_id)
+        result.ignored = template.ignore_result
+        if not template.own_root:  # sent from a running task: its child, as Celery's send_task records it
+            parent = app.current_worker_task
+            if parent is not None:
+                parent.add_trail(result)
+        return result
 
 
 def enqueue_many(signatures: Iterable[Signature], confirm_timeout: float = 30) -> list[AsyncResult]:
@@ -277,11 +286,11 @@ def enqueue_many(signatures: Iterable[Signature], confirm_timeout: float = 30) -
         for signature in signatures:
             eligible = templates.eligible(signature)
             result = templates.send(signature) if eligible else None
-            if result is None:
+            if result is None and eligible:
+                result = templates.record(signature)
+            elif result is None:
                 # Joins the batch either way (apps/core/amqp.py); passing its producer saves a pool checkout.
                 producer = {"producer": batch.producer} if type(signature) is Signature else {}
                 result = signature.apply_async(**producer)
-                if eligible:
-                    templates.remember(signature, result)
             results.append(result)
     return results

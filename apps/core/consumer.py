@@ -7,15 +7,13 @@ the step that declares the rest of the topology (dead letters, delayed delivery 
 """
 from __future__ import annotations
 
-import logging
-
 from celery import bootsteps
 from celery.utils.log import get_logger
-from celery.worker import loops
 from celery.worker.consumer import Consumer, Tasks
 from celery.worker.consumer.events import Events
 from django.conf import settings
 
+from apps.core import compat
 from apps.core.broker import declare_dead_letter_queues
 from apps.core.delays import ensure_delay_topology
 from apps.core.probes import ProbeFiles
@@ -23,31 +21,6 @@ from apps.core.shutdown import own_the_soft_shutdown_on_eventlet  # noqa: F401 -
 from apps.core.tasks import running_on_eventlet
 
 logger = get_logger(__name__)
-
-
-class _DropDirectExchangeWarning(logging.Filter):
-    """Celery's own delayed-delivery step warns that direct exchanges "will block the worker";
-    DeclareTopology below binds them, so the warning is wrong here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is a direct exchange" not in record.getMessage()
-
-
-logging.getLogger("kombu.transport.native_delayed_delivery").addFilter(_DropDirectExchangeWarning())
-
-# Celery 5.7's loop for green pools (synloop) drains the event dispatcher's connection after every
-# consumer frame "so broker heartbeats are consumed", waiting up to 0.1 s each time. That capped the
-# eventlet worker at about one task per 0.1 s (measured here: 10 tasks/s with 2,000 waiting). A
-# zero-timeout drain still consumes whatever heartbeat frames are there, without waiting for one.
-# This module is imported only by workers (worker_consumer), never by the web process.
-_celery_quick_drain = loops._quick_drain
-
-
-def _quick_drain_without_waiting(connection, timeout=0):
-    return _celery_quick_drain(connection, timeout=0)
-
-
-loops._quick_drain = _quick_drain_without_waiting
 
 
 class DeclareTopology(bootsteps.StartStopStep):
@@ -131,15 +104,14 @@ def _flush(dispatcher) -> None:
 def share_backend_between_green_threads(app) -> None:
     """One result backend per worker process on eventlet, not one per task.
 
-    Celery keeps ``app.backend`` in a ``threading.local``; eventlet makes that green-local, and the pool
-    runs every task in a new green thread, so each task built a new backend (16% of the io worker's time
-    in the profile). The database backend holds no connection of its own (Django's connections stay
-    per green thread), so one instance serves them all.
+    Celery keeps ``app.backend`` per thread; eventlet makes that per green thread, and the pool runs every
+    task in a new green thread, so each task built a new backend (16% of the io worker's time in the
+    profile). Celery's ``result_backend_thread_safe`` shares one instance instead: the database backend
+    holds no connection of its own (Django's connections stay per green thread), so one serves them all.
+    Set here, on eventlet only, before a task builds its backend.
     """
     if running_on_eventlet():
-        import eventlet.patcher
-
-        app._local = eventlet.patcher.original("threading").local()
+        app.conf.result_backend_thread_safe = True
 
 
 CELERY_DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
@@ -160,6 +132,7 @@ class PlatformConsumer(Consumer):
     def __init__(self, *args, app=None, **kwargs):
         app.steps["consumer"].update({DeclareTopology, EventBatching, ProbeFiles})
         share_backend_between_green_threads(app)
+        compat.drain_event_connection_without_waiting()  # green pools: 10 tasks/s without it (compat.py)
         super().__init__(*args, app=app, **kwargs)
 
     def on_ready(self):

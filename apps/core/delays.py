@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 
 from kombu import Connection, Queue
 from kombu.transport.native_delayed_delivery import (
-    _delay_prefix_re,
     calculate_routing_key,
     declare_native_delayed_delivery_exchanges_and_queues,
 )
 
+from apps.core import compat
 from project.topology import DELAY_DELIVERY_EXCHANGE
 
 MIN_DELAY_SECONDS = 1  # below this, publish directly: the worker's timer is the better tool
@@ -48,7 +48,7 @@ def delay_routing_key(delay_seconds: float, routing_key: str) -> str:
 
 
 def strip_delay_prefix(routing_key: str) -> str:
-    return _delay_prefix_re.sub("", routing_key, count=1)
+    return compat.strip_delay_prefix(routing_key)  # kombu's own pattern
 
 
 def ensure_delay_topology(connection: Connection, queues: list[Queue]) -> None:

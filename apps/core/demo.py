@@ -1,8 +1,8 @@
 """The demo workload: a mix of tasks across every lane, and its progress as the workers report it.
 
-Every lane has a probe (a no-op that reports where it ran). Apps add real work from their
-AppConfig.ready() with ``register``; each entry enqueues one unit of work on its lane and returns the
-id of the task whose result says it finished. Progress is read from the result table
+Each app registers its jobs from its AppConfig.ready() with ``register`` (a probe, a no-op that reports
+where it ran, and its real work), so core names no app. Each job enqueues one unit of work on its lane
+and returns the id of the task whose result says it finished. Progress is read from the result table
 (django-celery-results).
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from celery import states
 from django_celery_results.models import TaskResult
 
+from apps.core.bulk import confirmed_batch
 from project import topology
 
 
@@ -23,29 +24,19 @@ class DemoJob:
     enqueue: Callable[[int], str]  # (sequence number) -> task id
 
 
-_JOBS: list[DemoJob] = []
+_JOBS: dict[tuple[str, str], DemoJob] = {}
 
 
 def register(queue: str, label: str, enqueue: Callable[[int], str]) -> None:
+    """Add a job; registering (queue, label) again replaces it (ready() may run again)."""
     if queue not in topology.LANES_BY_NAME:
         raise ValueError(f"unknown queue {queue!r}; declared: {', '.join(topology.LANES_BY_NAME)}")
-    _JOBS.append(DemoJob(queue, label, enqueue))
-
-
-def _register_probes() -> None:
-    from apps.datasets.tasks import probe as dataset_probe
-    from apps.mail.tasks import probe as mail_probe
-    from apps.tracing.tasks import probe as tracing_probe
-
-    register(topology.DATASET, "probe", lambda i: dataset_probe.delay().id)
-    register(topology.MAIL, "probe", lambda i: mail_probe.delay().id)
-    register(topology.OPS_TRACE, "probe", lambda i: tracing_probe.delay().id)
+    _JOBS[(queue, label)] = DemoJob(queue, label, enqueue)
 
 
 def jobs() -> list[DemoJob]:
-    if not any(job.label == "probe" for job in _JOBS):
-        _register_probes()
-    return list(_JOBS)
+    """The registered jobs, in registration order (the apps' in INSTALLED_APPS order)."""
+    return list(_JOBS.values())
 
 
 def enqueue_demo(per_job: int) -> dict[str, list[str]]:
@@ -55,8 +46,6 @@ def enqueue_demo(per_job: int) -> dict[str, list[str]]:
     not one round trip each. A refusal raises BulkPublishError then; the jobs' own services settle what
     they stored (a dataset is FAILED "not enqueued"; a mail stays QUEUED for mail.requeue_stale).
     """
-    from apps.core.bulk import confirmed_batch
-
     ids: dict[str, list[str]] = {}
     with confirmed_batch():
         for i in range(per_job):

@@ -23,14 +23,9 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from kombu import Producer
 
+from apps.core import compat
+
 logger = logging.getLogger(__name__)
-
-
-def _without_confirms(channel):
-    # py-amqp turns confirms on per channel, by binding basic_publish to basic_publish_confirm on the
-    # instance when the connection asks for them; dropping that binding restores the plain publish.
-    channel.__dict__.pop("basic_publish", None)
-    return channel
 
 
 def event_producer(connection) -> Producer:
@@ -39,7 +34,7 @@ def event_producer(connection) -> Producer:
     live = connection.default_channel.connection  # reconnects a pooled connection kombu closed after an error
     producer = getattr(connection, "_platform_event_producer", None)
     if producer is None or producer.channel.connection is not live:
-        producer = Producer(_without_confirms(connection.channel()), auto_declare=False)
+        producer = Producer(compat.channel_without_confirms(connection.channel()), auto_declare=False)
         connection._platform_event_producer = producer
     return producer
 
@@ -47,10 +42,7 @@ def event_producer(connection) -> Producer:
 class UnconfirmedEventDispatcher(EventDispatcher):
     def __init__(self, connection=None, *args, **kwargs):
         if connection is not None:
-            # For the connection as it is now, and for every reconnect kombu makes from these options.
-            connection.transport_options = {**(connection.transport_options or {}), "confirm_publish": False}
-            if connection.connected:
-                connection.connection.confirm_publish = False
+            compat.connection_without_confirms(connection)  # as it is now, and at every reconnect
         super().__init__(connection, *args, **kwargs)
 
     def publish(self, type, fields, producer, *args, **kwargs):
@@ -132,9 +124,9 @@ class SentEventBuffer:
             if not batch:
                 return
             try:
-                dispatcher = self.app.amqp._event_dispatcher
-                prepared = [dispatcher._prepare_event("task-sent", fields) for fields in batch]
+                dispatcher = compat.celery_event_dispatcher(self.app)
+                prepared = [compat.prepare_task_sent_event(dispatcher, fields) for fields in batch]
                 with self.app.pool.acquire(block=True, timeout=5) as connection:
-                    dispatcher._publish(prepared, event_producer(connection), "task.multi")
+                    compat.publish_task_sent_events(dispatcher, prepared, event_producer(connection))
             except Exception as exc:  # noqa: BLE001 - monitoring data; the publishing caller is long gone
                 logger.warning("dropped %d task-sent events: %r", len(batch), exc)

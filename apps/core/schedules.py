@@ -1,7 +1,8 @@
 """Default periodic tasks, seeded into django-celery-beat's tables.
 
 Seeding is idempotent and never overwrites: a row that exists (by name) is left exactly as an admin
-left it, so running the seed on every deploy is safe. Apps add their defaults to DEFAULT_SCHEDULES.
+left it, so running the seed on every deploy is safe. Core registers Celery's own result cleanup; each app
+registers its defaults from its AppConfig.ready() with ``register`` (core names no app's task).
 """
 from __future__ import annotations
 
@@ -22,26 +23,33 @@ class DefaultSchedule:
     description: str = ""
 
 
-DEFAULT_SCHEDULES: list[DefaultSchedule] = [
-    DefaultSchedule(
-        name="Result cleanup",
-        task="celery.backend_cleanup",
-        crontab={"minute": "0", "hour": "4"},
-        description="Deletes task results older than CELERY_RESULT_EXPIRES.",
-    ),
-    DefaultSchedule(
-        name="Trace retention",
-        task="tracing.purge_old_events",
-        crontab={"minute": "30", "hour": "*"},
-        description="Deletes trace events stored longer ago than TRACING_RETENTION_DAYS, in bounded batches.",
-    ),
-    DefaultSchedule(
-        name="Trace export",
-        task="tracing.export_pending",
-        every_seconds=15,
-        description="Exports trace events still pending to the OTLP collector (catch-up after an outage).",
-    ),
-]
+_REGISTERED: dict[str, DefaultSchedule] = {}
+
+
+def register(*defaults: DefaultSchedule) -> None:
+    """Add default schedules; called by each app from its AppConfig.ready(), so core names no app's task.
+
+    Registering the same schedule twice is harmless (ready() may run again); two different schedules under
+    one name are a mistake the seed could not resolve, so they raise.
+    """
+    for default in defaults:
+        known = _REGISTERED.get(default.name)
+        if known is not None and known != default:
+            raise ValueError(f"two default schedules named {default.name!r}: {known} and {default}")
+        _REGISTERED[default.name] = default
+
+
+def default_schedules() -> list[DefaultSchedule]:
+    """Every registered default, in registration order (core's first, then the apps' in INSTALLED_APPS order)."""
+    return list(_REGISTERED.values())
+
+
+register(DefaultSchedule(
+    name="Result cleanup",
+    task="celery.backend_cleanup",
+    crontab={"minute": "0", "hour": "4"},
+    description="Deletes task results older than CELERY_RESULT_EXPIRES.",
+))
 
 
 def _schedule_fields(default: DefaultSchedule) -> dict:
@@ -59,7 +67,7 @@ def _schedule_fields(default: DefaultSchedule) -> dict:
 def seed_schedules(defaults: list[DefaultSchedule] | None = None) -> list[str]:
     """Create the default periodic tasks that do not exist yet; return the names created."""
     created = []
-    for default in DEFAULT_SCHEDULES if defaults is None else defaults:
+    for default in default_schedules() if defaults is None else defaults:
         if PeriodicTask.objects.filter(name=default.name).exists():
             continue
         PeriodicTask.objects.create(
@@ -71,35 +79,3 @@ def seed_schedules(defaults: list[DefaultSchedule] | None = None) -> list[str]:
         )
         created.append(default.name)
     return created
-
-# --- control ---
-DEFAULT_SCHEDULES += [
-    DefaultSchedule(
-        name="Mark lost tasks",
-        task="control.sweep_lost",
-        every_seconds=60,
-        description="Marks LOST the tasks no worker and no queue holds any more (apps/control/services.py).",
-    ),
-    DefaultSchedule(
-        name="Take in dead letters",
-        task="control.drain_dead_letters",
-        every_seconds=30,
-        description="Moves <queue>.dead messages into the dead-letter store (browse/replay/purge).",
-    ),
-]
-DEFAULT_SCHEDULES.append(
-    DefaultSchedule(
-        name="Mail: re-enqueue stale messages",
-        task="mail.requeue_stale",
-        every_seconds=60,
-        description="Re-enqueues outbox messages whose task was lost or whose worker died mid-send (apps/mail).",
-    )
-)
-DEFAULT_SCHEDULES.append(
-    DefaultSchedule(
-        name="Datasets: recover stuck imports",
-        task="datasets.recover_stuck",
-        every_seconds=60,
-        description="Re-publishes imports no worker took, fails those whose worker vanished (apps/datasets).",
-    )
-)

@@ -13,7 +13,9 @@ as lost and acks_late + reject_on_worker_lost requeue (tests/core/test_graceful_
   thread, which the eventlet pool reports as a success (``_make_killable_target`` returns
   ``(False, None, None)``), so Celery would ack a task that never finished: lost, not requeued.
 
-So on eventlet, SIGTERM (and SIGQUIT) start this instead: no new task starts (``PlatformConsumer.holding``:
+On the threads pool (IO_POOL=threads) Celery's cancel fails too (``_on_threads_pool``).
+
+So on eventlet and threads, SIGTERM (and SIGQUIT) start this instead: no new task starts (``PlatformConsumer.holding``:
 deliveries stay unacked), running tasks get the same ``worker_soft_shutdown_timeout``; when they are done
 the worker stops as in a warm shutdown (sooner than Celery's fixed wait); if some still run at the end of
 the window the process exits at once without acking them, so RabbitMQ requeues them when the connection
@@ -38,19 +40,35 @@ EXIT_WITH_TASKS_REQUEUED = 1
 POLL_SECONDS = 0.2
 
 
+def _on_threads_pool(consumer) -> bool:
+    """The threads pool (IO_POOL=threads): Celery's cold shutdown ends in "Unrecoverable error:
+    NotImplementedError(... does not implement kill_job)" at the end of the window and then waits, unbounded,
+    for the running tasks (seen here, Celery 5.7): a thread cannot be cancelled. The same answer as eventlet."""
+    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.thread"
+
+
 @signals.worker_ready.connect
 def own_the_soft_shutdown_on_eventlet(sender=None, **kwargs) -> None:
-    """Replace Celery's SIGTERM/SIGQUIT handlers (installed before worker_ready) on eventlet workers."""
-    if not running_on_eventlet():
+    """Replace Celery's SIGTERM/SIGQUIT handlers (installed before worker_ready) on eventlet and threads workers."""
+    if running_on_eventlet():
+        import eventlet
+
+        spawn, sleep = eventlet.spawn_n, eventlet.sleep
+    elif _on_threads_pool(sender):
+        import threading
+
+        def spawn(target, *args):
+            threading.Thread(target=target, args=args, name="platform-soft-shutdown", daemon=True).start()
+
+        sleep = time.sleep
+    else:
         return
-    handler = _start_soft_shutdown(sender)
+    handler = _start_soft_shutdown(sender, spawn, sleep)
     for name in SHUTDOWN_SIGNALS:
         signal.signal(getattr(signal, name), handler)
 
 
-def _start_soft_shutdown(consumer):
-    import eventlet
-
+def _start_soft_shutdown(consumer, spawn, sleep):
     started = []
 
     def on_signal(signum, frame):
@@ -58,13 +76,12 @@ def _start_soft_shutdown(consumer):
             return
         started.append(signum)
         consumer.holding = True
-        eventlet.spawn_n(_finish_or_give_back, consumer)
+        spawn(_finish_or_give_back, consumer, sleep)
 
     return on_signal
 
 
-def _finish_or_give_back(consumer) -> None:
-    import eventlet
+def _finish_or_give_back(consumer, sleep) -> None:
     from celery.worker import state
 
     window = float(consumer.app.conf.worker_soft_shutdown_timeout)
@@ -72,7 +89,7 @@ def _finish_or_give_back(consumer) -> None:
                    window, len(state.active_requests))
     deadline = time.monotonic() + window
     while state.active_requests and time.monotonic() < deadline:
-        eventlet.sleep(POLL_SECONDS)
+        sleep(POLL_SECONDS)
     if not state.active_requests:
         logger.warning("Soft shutdown: no task running, stopping")
         state.should_stop = 0  # the consumer loop raises WorkerShutdown at its next turn: a warm shutdown

@@ -3,11 +3,12 @@
 Profiled (docs/benchmarks.md), one ``apply_async`` spent about as long in Celery's client-side work as in
 the broker round trip: option merging, routing, building the protocol-2 message (``as_task_v2``),
 layered configuration lookups. For a plain call (arguments only: no options, links, producer or shadow;
-not from inside a task; no default ``expires``/``countdown``) all of that yields the same message every
-time except for the id, the arguments and their reprs. So the first plain call of each task in a process
-goes through Celery, and the message it published (the keyword arguments kombu's ``publish`` got, the
-body's embed, the task-sent event) becomes that task's template; later plain calls copy it with their own
-id, root id, arguments, reprs, body and ``reply_to``, and publish it the same way:
+not from inside a task; no default ``expires``/``countdown``; routes by task name) all of that yields the
+same message every time except for the id, the root id, the arguments and their reprs. So the first plain
+call of each task in a process goes through Celery, and the message it built (before publish-signal
+receivers changed it) and the keyword arguments kombu's ``publish`` got become that task's template; later
+plain calls copy it with their own id, root id, arguments, reprs, body and ``reply_to``, and publish it the
+same way:
 
 * on a pooled producer, with publisher confirms, the same retry policy and queue declaration;
 * the size guard on every body; a broker nack raises ``QueueFull`` as on Celery's path;
@@ -15,23 +16,25 @@ id, root id, arguments, reprs, body and ``reply_to``, and publish it the same wa
   publish span and trace context are per call), and the ``task-sent`` event the ledger needs;
 * argument checking (``task.typing``) as Celery does it.
 
-Anything else (options, a canvas, a call from a running task, eager mode, a confirmed batch) takes
-Celery's own path. Templates are per process (cleared in forked children: the ``origin`` header names
-the process).
+Anything else (options, a canvas, a call from a running task, eager mode, a confirmed batch, a library that
+adds headers to Celery's ``apply_async``) takes Celery's own path, and so does every call on Celery, kombu
+or py-amqp versions other than the ones tests/core/test_golden_messages.py proved the derived messages
+equal to Celery's on (``compat.DERIVATION_TESTED_ON``). Templates are per process (cleared in forked
+children: the ``origin`` header names the process). apps/core/bulk.py derives its messages the same way.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 
-from celery import signals
+from celery import Task, signals
 from celery.utils.saferepr import saferepr
-from kombu import Producer
-from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps, loads
 from kombu.utils.uuid import uuid
 
+from apps.core import compat
 from apps.core.amqp import active_batch, check_message_size, queue_full_error, set_recorder
 from apps.core.events import SentEventBuffer
 
@@ -51,21 +54,24 @@ def lean_headers(headers: dict) -> dict:
 
 @dataclass(frozen=True)
 class Template:
-    publish_kwargs: dict  # what kombu's Producer.publish got, headers and properties included
+    publish_kwargs: dict  # what kombu's Producer.publish got; "headers": the message's as Celery built it, lean
     serializer: str
+    embed: dict  # the body's third part (callbacks, errbacks, chain, chord)
+    own_root: bool  # the message was its own root (not sent from inside a running task)
+    signal_properties: dict  # the properties before_task_publish receivers get (Celery's message properties)
     sent_event: dict | None  # task-sent fields (queue, exchange, routing key...), None when not sent
     ignore_result: bool
     declared: frozenset  # kombu's cache keys of the queues publish declares, once per connection
-    repr_size: int  # Celery's argsrepr_maxsize
+    reprs: tuple  # Celery's argsrepr_maxsize, kwargsrepr_maxsize and task_repr_maxlevels
     properties: dict | None  # the AMQP properties kombu would send; None: this message needs kombu's publish
     timeouts: dict  # publish and confirm timeouts Celery passes, when set
 
 
-# What Celery passes kombu's publish for a plain call; anything else (compression, expiration, priority...)
-# keeps the template on kombu's own publish.
+# What Celery passes kombu's publish for a plain call; anything else (compression, expiration...) keeps the
+# template on kombu's own publish.
 _PLAIN_PUBLISH_KEYS = frozenset({"exchange", "routing_key", "serializer", "compression", "retry", "retry_policy",
                                  "delivery_mode", "declare", "headers", "timeout", "confirm_timeout", "content_type",
-                                 "content_encoding", "correlation_id", "reply_to"})
+                                 "content_encoding", "correlation_id", "reply_to", "priority"})
 
 
 def _direct_properties(published: dict) -> dict | None:
@@ -74,110 +80,65 @@ def _direct_properties(published: dict) -> dict | None:
     if (published.keys() - _PLAIN_PUBLISH_KEYS or published.get("compression") or not published.get("content_type")
             or not isinstance(published.get("exchange"), str)):
         return None
-    return {"delivery_mode": maybe_delivery_mode(published.get("delivery_mode"))}
+    return {"delivery_mode": compat.delivery_mode_property(published.get("delivery_mode"))}
 
 
-_templates: dict[str, Template] = {}
-os.register_at_fork(after_in_child=_templates.clear)
-sent_events = SentEventBuffer()
+def derivable_task(task) -> bool:
+    """Whether every plain call of ``task`` makes the same message but for what ``derive_message`` sets:
+    no shadow name, argument conversion, default ``expires``/``countdown`` computed per call, protocol 2,
+    routes by task name, and a result backend with nothing to do per publish."""
+    return (type(task).shadow_name is Task.shadow_name and not compat.converts_arguments(task)
+            and not task.expires and not getattr(task, "countdown", None) and task.app.conf.task_protocol == 2
+            and compat.derivable_by_routes_and_backend(task.app))
 
 
-def _record_template(app, send, producer, name, message, **kwargs):
-    """Publish through Celery (``send``), keeping what kombu was asked to publish as ``name``'s template."""
+def record_template(app, send, producer, name, message, **kwargs):
+    """Publish through Celery's ``send``; returns what it returned and this message's ``Template`` (None when
+    the message is not one a plain call of its task makes every time)."""
+    headers = dict(message.headers)  # as built: before per-call headers and publish-signal receivers change it
+    properties = dict(message.properties)  # Celery adds the send arguments it does not name to these
     published = {}
-    original = producer.publish
-
-    def recording_publish(body, **publish_kwargs):
-        published.update(publish_kwargs)
-        return original(body, **publish_kwargs)
-
-    producer.publish = recording_publish
-    try:
+    with compat.recording_publish(producer, lambda body, publish_kwargs: published.update(publish_kwargs)):
         sent = send(producer, name, message, **kwargs)
-    finally:
-        del producer.publish  # back to the class's method
-    headers = published.get("headers") or {}
-    if (headers.get("id") == message.headers.get("id") and headers.get("root_id") == headers.get("id")
-            and not headers.get("parent_id") and not headers.get("eta") and not headers.get("expires")
-            and not headers.get("group") and "expiration" not in published
-            and loads(message.body, published["content_type"], published["content_encoding"])[2] == PLAIN_EMBED):
-        _templates[name] = Template(
-            publish_kwargs={**{k: v for k, v in published.items() if k not in ("correlation_id", "reply_to")},
-                            "headers": lean_headers(headers)},
-            serializer=published["content_type"].split("/")[-1],
-            sent_event=dict(message.sent_event) if message.sent_event else None,
-            ignore_result=bool(headers.get("ignore_result")),
-            declared=frozenset(hash(entity) for entity in published.get("declare") or ()),
-            repr_size=app.amqp.argsrepr_maxsize,
-            properties=_direct_properties(published),
-            timeouts={k: published[k] for k in ("timeout", "confirm_timeout") if published.get(k) is not None})
-    return sent
+    if (kwargs.get("headers") or (published.get("headers") or {}).get("id") != headers["id"]
+            or any(headers.get(k) for k in ("eta", "expires", "group", "shadow", "stamped_headers"))
+            or "expiration" in published):
+        return sent, None  # per-call headers (a library wrapping apply_async), or not a plain message
+    embed = loads(message.body, published["content_type"], published["content_encoding"])[2]
+    if embed != PLAIN_EMBED:
+        return sent, None
+    # Celery passes the message's properties to kombu's publish as keyword arguments, after publish-signal
+    # receivers had them: the template keeps them as they were before (receivers run again per derived call).
+    signal_properties = {k: v for k, v in {**properties, **kwargs}.items()
+                         if k not in compat.TASK_SENDER_ARGUMENTS and k not in ("correlation_id", "reply_to")}
+    publish_kwargs = {**{k: v for k, v in published.items() if k not in message.properties}, **signal_properties,
+                      "headers": lean_headers(headers)}
+    return sent, Template(
+        publish_kwargs=publish_kwargs,
+        serializer=publish_kwargs["content_type"].split("/")[-1],
+        embed=embed,
+        own_root=headers.get("root_id") == headers["id"],
+        signal_properties=signal_properties,
+        sent_event=dict(message.sent_event) if message.sent_event else None,
+        ignore_result=bool(headers.get("ignore_result")),
+        declared=compat.declaration_keys(published.get("declare")),
+        reprs=(app.amqp.argsrepr_maxsize, app.amqp.kwargsrepr_maxsize, app.conf.task_repr_maxlevels),
+        properties=_direct_properties(publish_kwargs),
+        timeouts={k: published[k] for k in ("timeout", "confirm_timeout") if published.get(k) is not None})
 
 
-def apply_async(task, args, kwargs, task_id, celery_apply_async):
-    """Send a plain call of ``task`` from its template, or through ``celery_apply_async`` (recording one)."""
-    app = task._get_app()
-    if active_batch() is not None or app.current_worker_task is not None:
-        return celery_apply_async()
-    template = _templates.get(task.name)
-    if template is None:  # also always in eager mode: nothing is published there, so nothing is recorded
-        set_recorder(partial(_record_template, app))
-        try:
-            return celery_apply_async()
-        finally:
-            set_recorder(None)  # not used when Celery published nothing (or published on a delay path)
-    if task.typing:
-        task.__header__(*(args or ()), **(kwargs or {}))  # TypeError for a wrong call, as Celery raises
-    return _send_from_template(app, task, template, tuple(args or ()), dict(kwargs or {}), task_id or uuid())
-
-
-def _task_producer(connection) -> Producer:
-    """A producer kept on a pooled connection (one holder at a time), made again after a reconnect.
-
-    Celery's producer pool re-binds its producer's exchange on every checkout (a third of the client
-    time of a templated call in the profile)."""
-    channel = connection.default_channel  # reconnects a pooled connection kombu closed after an error
-    producer = getattr(connection, "_platform_task_producer", None)
-    if producer is None or producer.channel is not channel:
-        producer = Producer(channel, auto_declare=False)
-        connection._platform_task_producer = producer
-    return producer
-
-
-def _publish_on_channel(channel, template: Template, body, headers: dict, task_id: str, reply_to: str) -> None:
-    """What kombu's ``Producer.publish`` ends in for this message: the channel's ``basic_publish`` (confirmed).
-
-    Profiled against a raw kombu publish, kombu's argument handling around it (delivery details, body
-    preparation, declare and batch checks, two dict builds) cost more than the platform's own
-    derivation. The message is built the way kombu's ``prepare_message`` builds it."""
-    kwargs = template.publish_kwargs
-    encoding = kwargs.get("content_encoding") or "utf-8"
-    if isinstance(body, str):
-        body = body.encode(encoding)
-    channel.basic_publish(
-        channel.prepare_message(body, None, kwargs["content_type"], encoding, headers,
-                                {**template.properties, "correlation_id": task_id, "reply_to": reply_to}),
-        kwargs["exchange"], kwargs["routing_key"], **template.timeouts)
-
-
-def _kombu_publish_kwargs(template: Template, headers: dict, task_id: str, reply_to: str, declared: bool,
-                          **overrides) -> dict:
-    kwargs = {**template.publish_kwargs, "headers": headers, "correlation_id": task_id, "reply_to": reply_to,
-              **overrides}
-    if declared:
-        kwargs["declare"] = []  # declared on this connection already: skip kombu's per-call check
-    return kwargs
-
-
-def derive_message(name: str, template_headers: dict, serializer: str, embed: dict, repr_size: int, args: tuple,
-                   kwargs: dict, task_id: str, own_root: bool = True) -> tuple[str, dict]:
+def derive_message(name: str, template: Template, args, kwargs, task_id: str) -> tuple[bytes, dict]:
     """Body and headers of a call copied from a template message (here and in bulk enqueue): this call's
-    id (and root id when the template was its own root), arguments and their reprs; the size guard applies."""
-    body = dumps((args, kwargs, embed), serializer)[2]
+    id (and root id when the template was its own root), arguments and their reprs as Celery's ``as_task_v2``
+    makes them; the size guard applies."""
+    args, kwargs = args or (), kwargs or {}
+    body = dumps((args, kwargs, template.embed), template.serializer)[2]
     check_message_size(name, body)
-    headers = {**template_headers, "id": task_id, "argsrepr": saferepr(args, repr_size) if args else "()",
-               "kwargsrepr": saferepr(kwargs, repr_size) if kwargs else "{}"}
-    if own_root:
+    args_size, kwargs_size, levels = template.reprs
+    headers = {**template.publish_kwargs["headers"], "id": task_id,
+               "argsrepr": saferepr(args, args_size, maxlevels=levels) if args else "()",
+               "kwargsrepr": saferepr(kwargs, kwargs_size, maxlevels=levels) if kwargs else "{}"}
+    if template.own_root:
         headers["root_id"] = task_id
     return body, headers
 
@@ -188,42 +149,96 @@ def sent_event_for(template_fields: dict, headers: dict) -> dict:
             "kwargs": headers["kwargsrepr"]}
 
 
-def _send_from_template(app, task, template: Template, args: tuple, kwargs: dict, task_id: str):
+def send_before_publish(name: str, template: Template, body, headers: dict, properties: dict) -> None:
+    """``before_task_publish`` for a derived message, with what Celery passes (receivers may change
+    ``headers`` and ``properties``)."""
     publish_kwargs = template.publish_kwargs
-    body, headers = derive_message(task.name, publish_kwargs["headers"], template.serializer, PLAIN_EMBED,
-                                   template.repr_size, args, kwargs, task_id)
-    exchange, routing_key = publish_kwargs["exchange"], publish_kwargs["routing_key"]
+    signals.before_task_publish.send(
+        sender=name, body=body, exchange=publish_kwargs["exchange"], routing_key=publish_kwargs["routing_key"],
+        declare=publish_kwargs.get("declare"), headers=headers, properties=properties,
+        retry_policy=publish_kwargs.get("retry_policy"))
+
+
+def send_after_publish(name: str, template: Template, body, headers: dict) -> None:
+    signals.after_task_publish.send(sender=name, body=body, headers=headers,
+                                    exchange=template.publish_kwargs["exchange"],
+                                    routing_key=template.publish_kwargs["routing_key"])
+
+
+_templates: dict[str, Template] = {}
+os.register_at_fork(after_in_child=_templates.clear)
+sent_events = SentEventBuffer()
+
+
+def _keep_template(app, task_name: str, send, producer, name, message, **kwargs):
+    """The recorder apps/core/amqp.py calls with this call's message: publish it, keep its template."""
+    sent, template = record_template(app, send, producer, name, message, **kwargs)
+    if template is not None and name == task_name and template.own_root:
+        _templates[name] = template
+    return sent
+
+
+def apply_async(task, args, kwargs, task_id, celery_apply_async):
+    """Send a plain call of ``task`` from its template, or through ``celery_apply_async`` (recording one)."""
+    app = task.app
+    if (not compat.derivation_enabled() or active_batch() is not None or app.current_worker_task is not None
+            or not isinstance(args or (), (list, tuple)) or not isinstance(kwargs or {}, Mapping)):
+        return celery_apply_async()  # (Celery raises the TypeError for arguments of the wrong type)
+    template = _templates.get(task.name)
+    if template is None:  # also always in eager mode: nothing is published there, so nothing is recorded
+        set_recorder(partial(_keep_template, app, task.name))
+        try:
+            return celery_apply_async()
+        finally:
+            set_recorder(None)  # not used when Celery published nothing (or published on a delay path)
+    compat.check_call_arguments(task, args or (), kwargs or {})  # TypeError for a wrong call, as Celery raises
+    return _send_from_template(app, task, template, args, kwargs, task_id or uuid())
+
+
+def _kombu_publish_kwargs(template: Template, headers: dict, properties: dict, declared: bool, **overrides) -> dict:
+    kwargs = {**template.publish_kwargs, **properties, "headers": headers, **overrides}
+    if declared:
+        kwargs["declare"] = []  # declared on this connection already: skip kombu's per-call check
+    return kwargs
+
+
+def _send_from_template(app, task, template: Template, args, kwargs, task_id: str):
+    publish_kwargs = template.publish_kwargs
+    body, headers = derive_message(task.name, template, args, kwargs, task_id)
     reply_to = app.thread_oid
+    properties = {**template.signal_properties, "correlation_id": task_id, "reply_to": reply_to}
+    direct = template.properties is not None
     if signals.before_task_publish.receivers:
-        signals.before_task_publish.send(
-            sender=task.name, body=body, exchange=exchange, routing_key=routing_key,
-            declare=publish_kwargs.get("declare"), headers=headers,
-            properties={"correlation_id": task_id, "reply_to": reply_to},
-            retry_policy=publish_kwargs.get("retry_policy"))
+        before = dict(properties)
+        send_before_publish(task.name, template, body, headers, properties)
+        direct = direct and properties == before  # a receiver changed a property: kombu's publish sends it
     with app.pool.acquire(block=True) as connection:
-        with connection._reraise_as_library_errors():
-            producer = _task_producer(connection)
-            declared = template.declared <= connection.declared_entities
+        with compat.library_errors(connection):
+            producer = compat.kept_task_producer(connection)
+            declared = compat.declared_on(connection, template.declared)
             try:
                 try:  # kombu's retry wrapper costs on every call: used only once the connection failed
-                    if declared and template.properties is not None:
-                        _publish_on_channel(producer.channel, template, body, headers, task_id, reply_to)
+                    if declared and direct:
+                        compat.publish_prepared(
+                            producer.channel, body, publish_kwargs.get("priority", compat.KOMBU_DEFAULT_PRIORITY),
+                            publish_kwargs["content_type"], publish_kwargs.get("content_encoding") or "utf-8",
+                            headers, {**template.properties, "correlation_id": task_id, "reply_to": reply_to},
+                            publish_kwargs["exchange"], publish_kwargs["routing_key"], **template.timeouts)
                     else:
-                        producer.publish(body, **_kombu_publish_kwargs(template, headers, task_id, reply_to,
-                                                                       declared, retry=False))
+                        producer.publish(body, **_kombu_publish_kwargs(template, headers, properties, declared,
+                                                                       retry=False))
                 except connection.recoverable_connection_errors + connection.recoverable_channel_errors:
                     if not publish_kwargs.get("retry"):
                         raise
                     # Reconnects, declares again and retries as the policy says.
-                    producer.publish(body, **_kombu_publish_kwargs(template, headers, task_id, reply_to, False))
+                    producer.publish(body, **_kombu_publish_kwargs(template, headers, properties, False))
             except Exception as exc:
-                full = queue_full_error(exc, task.name, task_id, routing_key)
+                full = queue_full_error(exc, task.name, task_id, publish_kwargs["routing_key"])
                 if full is None:
                     raise
                 raise full from exc
     if signals.after_task_publish.receivers:
-        signals.after_task_publish.send(sender=task.name, body=body, headers=headers, exchange=exchange,
-                                        routing_key=routing_key)
+        send_after_publish(task.name, template, body, headers)
     if template.sent_event is not None:  # after the confirm, in the background, with others
         sent_events.add(app, sent_event_for(template.sent_event, headers))
     result = task.AsyncResult(task_id)

@@ -24,6 +24,9 @@ from celery import bootsteps
 from django.utils import timezone
 from kombu import Exchange, Queue
 
+from apps.core.models import WorkerRecord
+from project.celery import app
+
 # Heartbeats, announcements, worker-online and worker-offline events for the recorder. Worker events are
 # only worth anything while fresh: a short TTL and a small bound keep a stopped recorder from piling them up.
 HEARTBEAT_QUEUE = "core.worker_heartbeats"
@@ -103,8 +106,6 @@ class AnnounceWorker(bootsteps.StartStopStep):
 # --- the recorder side ---------------------------------------------------------------------------------
 def record_worker_events(events: list[dict]) -> int:
     """worker-* events into WorkerRecord (called with each recorder batch); returns the workers touched."""
-    from apps.core.models import WorkerRecord
-
     by_worker: dict[tuple[str, int], list[dict]] = {}
     for event in events:
         key = (str(event.get("hostname") or ""), int(event.get("pid") or 0))
@@ -136,8 +137,6 @@ def _is_foreign(record, ours: str, now) -> bool:
 def known_workers(now=None) -> list[dict]:
     """Workers online now, as their last events say, with how old that news is (``seen_seconds_ago``).
     ``foreign``: consumes our broker but is not part of this deployment."""
-    from apps.core.models import WorkerRecord
-
     now = now or timezone.now()
     ours = deployment_id()
     workers = []
@@ -156,8 +155,6 @@ def known_workers(now=None) -> list[dict]:
 
 def foreign_hostnames(now=None) -> set[str]:
     """Node names of workers known not to be ours (an unannounced newcomer is given the benefit of the doubt)."""
-    from apps.core.models import WorkerRecord
-
     now = now or timezone.now()
     ours = deployment_id()
     return {r.hostname for r in WorkerRecord.objects.filter(offline_at__isnull=True) if _is_foreign(r, ours, now)}
@@ -165,16 +162,12 @@ def foreign_hostnames(now=None) -> set[str]:
 
 def forget_gone(older_than: timedelta = timedelta(days=1)) -> int:
     """Drop rows of workers not heard of for a day, so the table does not grow with every restart."""
-    from apps.core.models import WorkerRecord
-
     return WorkerRecord.objects.filter(last_seen_at__lt=timezone.now() - older_than).delete()[0]
 
 
 # --- read: live (a broadcast) --------------------------------------------------------------------------
 def _broadcast(command: str, timeout: float) -> list[tuple[str, object]]:
     """Every reply as (hostname, answer): a list, not a dict, so two workers with one name both count."""
-    from project.celery import app
-
     replies = app.control.broadcast(command, reply=True, timeout=timeout) or []
     return [(hostname, answer) for reply in replies for hostname, answer in reply.items()]
 
@@ -182,8 +175,6 @@ def _broadcast(command: str, timeout: float) -> list[tuple[str, object]]:
 def live_workers(timeout: float = 1.0, include_active: bool = False) -> list[dict]:
     """Ask every worker on the broker (waits ``timeout``): pool, concurrency, queues consumed right now
     (paused ones drop out) and, if asked, the tasks each is running."""
-    from apps.core.models import WorkerRecord
-
     stats = _broadcast("stats", timeout)
     queues = dict(_broadcast("active_queues", timeout))
     active = dict(_broadcast("active", timeout)) if include_active else {}

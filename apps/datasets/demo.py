@@ -1,10 +1,12 @@
-"""Demo work for `manage.py demo`: import a small generated CSV (a few chunks, so the chord runs)."""
+"""Demo work for `manage.py demo` (registered in apps.py): a probe, and the import of a small generated CSV
+(a few chunks, so the chord runs)."""
 from __future__ import annotations
 
 import csv
 import random
 
 from apps.datasets import services
+from apps.datasets.tasks import probe
 
 
 def enqueue_demo_import(i: int) -> str:
@@ -21,3 +23,7 @@ def enqueue_demo_import(i: int) -> str:
                           f"2025-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"])
     dataset = services.register_dataset(str(path), name="demo-orders", options={"chunk_bytes": 32 * 1024})
     return dataset.task_id
+
+
+def enqueue_probe(i: int) -> str:
+    return probe.delay().id

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from apps.datasets import profiling
@@ -38,8 +39,6 @@ def use_one_core_per_process() -> None:
     oversubscribe the cores and make a child's time depend on its neighbours. Called in every worker
     child at start (tasks.py) and by the benchmark's in-process baseline, so both run the same way.
     """
-    import pyarrow as pa
-
     os.environ["POLARS_MAX_THREADS"] = "1"
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
@@ -80,6 +79,9 @@ def process_chunk(plan: Plan, chunk: Chunk, workdir: Path, limits: Limits) -> di
     """Parse one chunk, keep its columnar copy, write its partial profile and row hashes; return a summary."""
     started, cpu_started = time.monotonic(), time.process_time()
     what = f"chunk {chunk.index} at line {chunk.first_line}"
+    # A redelivered chunk (its worker was cut off after it ran) finds its partial profile: it is rewritten
+    # the same, and the caller must not count the chunk's rows a second time.
+    done_before = _partial_path(workdir, chunk.index).exists()
     ensure_unchanged(plan, what)
     table = parse_chunk(plan, chunk, plan.schema)
     ensure_unchanged(plan, what)  # what was read is what the scan saw
@@ -90,9 +92,7 @@ def process_chunk(plan: Plan, chunk: Chunk, workdir: Path, limits: Limits) -> di
     for group in range(plan.hash_groups):
         np.save(_hash_path(workdir, group, chunk.index), hashes[groups == group])
     _partial_path(workdir, chunk.index).write_text(json.dumps(part))
-    import pyarrow as pa
-
-    return {"index": chunk.index, "rows": table.num_rows, "peak_rss_kib": peak_rss_kib(),
+    return {"index": chunk.index, "rows": table.num_rows, "peak_rss_kib": peak_rss_kib(), "done_before": done_before,
             "seconds": round(time.monotonic() - started, 3), "arrow_threads": pa.cpu_count(),
             "cpu_seconds": round(time.process_time() - cpu_started, 3)}
 

@@ -4,26 +4,43 @@ State rules that keep a profile trustworthy:
 * a dataset leaves QUEUED/RUNNING exactly once, by a conditional UPDATE (``_settle``), so a cancel,
   a failure, a time-out and the final merge can race and only the first one counts;
 * the profile is written in the same UPDATE that sets READY, so a partial profile is never shown.
+
+The steps take plain values and a ``progress`` callback, never a Celery task: tasks.py (the adapters)
+builds the callback. Tasks are published by their pinned names (``app.signature``), not imported:
+tasks.py imports this module, and importing it back would be a cycle.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import kombu.exceptions
+from celery import chord
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from apps.core.amqp import active_batch
+from apps.core.broker import queue_depths
+from apps.core.bulk import confirmed_batch
+from apps.core.workers import held_task_ids
 from apps.datasets import pipeline
 from apps.datasets.models import ACTIVE_STATUSES, Dataset, Status
 from apps.datasets.source import DatasetInputError, Plan
+from project import topology
+from project.celery import app
 
 logger = logging.getLogger(__name__)
+
+# progress(task_id, fields): the import's progress, reported on its task id (the one --wait, the demo and the
+# API follow). fields: dataset_id, stage, rows_processed, rows_total, chunks_done, chunks_total.
+Progress = Callable[[str, dict], None]
 
 OPTION_KEYS = {"chunk_bytes", "soft_time_limit", "time_limit", "pause_per_chunk", "pause_in_scan", "encoding"}
 
@@ -119,14 +136,12 @@ def _enqueue(dataset: Dataset) -> None:
     """Publish the import; if RabbitMQ refuses it (queue full, broker down) the dataset is FAILED with the
     reason instead of waiting QUEUED for a task that does not exist, and the caller gets the error (at
     once, or when the confirmed batch it was published in ends: apps/core/bulk.py)."""
-    from apps.core.amqp import active_batch
-    from apps.datasets.tasks import start_import
-
     def not_enqueued(reason: str) -> None:
         _settle(dataset.pk, Status.FAILED, "not enqueued", error=f"not enqueued: {reason}")
 
     try:
-        start_import.apply_async((dataset.pk,), task_id=dataset.start_task_id, **time_limits_for(dataset))
+        app.signature("datasets.start_import", args=(dataset.pk,)).apply_async(
+            task_id=dataset.start_task_id, **time_limits_for(dataset))
     except kombu.exceptions.OperationalError as exc:  # QueueFull is one; nothing was enqueued
         not_enqueued(str(exc) or type(exc).__name__)
         raise
@@ -149,8 +164,6 @@ def _settle(dataset_id: int, status: str, stage: str, **fields) -> bool:
 def _end_task_state(dataset_id: int, status: str, message: str) -> None:
     """Whoever follows the import's task id (--wait, the demo, the API) sees it end, not PROGRESS forever:
     after a failed scan or a cancel that task never runs."""
-    from project.celery import app
-
     task_id = Dataset.objects.values_list("task_id", flat=True).get(pk=dataset_id)
     if status == Status.CANCELLED:
         app.backend.mark_as_revoked(task_id, reason=message)
@@ -163,8 +176,6 @@ def cancel_dataset(dataset_id: int) -> bool:
     if not _settle(dataset_id, Status.CANCELLED, "cancelled", error="cancelled by a user"):
         return False
     dataset = Dataset.objects.get(pk=dataset_id)
-    from project.celery import app
-
     ids = [dataset.start_task_id, *dataset.chunk_task_ids, dataset.task_id]
     app.control.revoke([i for i in ids if i])
     return True
@@ -197,31 +208,23 @@ def is_running(dataset_id: int) -> bool:
 
 # --- the steps (called by the tasks) -----------------------------------------------------------------
 
-def _report(task, dataset: Dataset | int) -> None:
-    """Celery state PROGRESS on the import's task id (the one --wait, the demo and the API follow).
-
-    Only while the dataset is RUNNING: a settled import's task id has its final state. (A chunk that read
-    RUNNING just before another one settled the dataset can still write PROGRESS once; the chord then
-    ends the id with the failure of the failed chunk, or the cancel's revoke.)
+def _report(progress: Progress, dataset_id: int) -> None:
+    """Report the import's progress, only while the dataset is RUNNING: a settled import's task id has its
+    final state. (A chunk that read RUNNING just before another one settled the dataset can still report
+    once; the chord then ends the id with the failure of the failed chunk, or the cancel's revoke.)
     """
-    dataset_id = dataset if isinstance(dataset, int) else dataset.pk
     row = Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).values(
         "task_id", "stage", "rows_processed", "rows_total", "chunks_done", "chunks_total").first()
-    if row is None:
-        return
-    task_id = row.pop("task_id")
-    task.update_state(task_id=task_id, state="PROGRESS", meta={"dataset_id": dataset_id, **row})
-    # The same progress as a task-progress event: the control ledger and the live progress page follow it.
-    from apps.control.progress import report_progress
-
-    report_progress(task, step=row["stage"], current=row["rows_processed"], total=row["rows_total"], task_id=task_id)
+    if row is not None:
+        task_id = row.pop("task_id")
+        progress(task_id, {"dataset_id": dataset_id, **row})
 
 
-def start_import(dataset_id: int, task) -> dict:
+def start_import(dataset_id: int, redelivered: bool, progress: Progress) -> dict:
     """Scan the file, then fan the chunks out to prefork children with a chord that merges them (one
-    confirmed batch: apps/core/bulk.py)."""
+    confirmed batch: apps/core/bulk.py). ``redelivered``: RabbitMQ delivered this start message before."""
     may_start = Q(status=Status.QUEUED)
-    if (task.request.delivery_info or {}).get("redelivered"):
+    if redelivered:
         # RabbitMQ gave this message back: the worker that took it died. If it died during the scan (before
         # any chunk was published), scan again; otherwise the dataset would stay RUNNING forever.
         may_start |= Q(status=Status.RUNNING, stage="scanning")
@@ -230,10 +233,8 @@ def start_import(dataset_id: int, task) -> dict:
     if not started:
         return {"dataset_id": dataset_id, "skipped": "not queued (cancelled?)"}
     dataset = Dataset.objects.get(pk=dataset_id)
-    _report(task, dataset)
+    _report(progress, dataset_id)
     if dataset.options.get("pause_in_scan"):
-        import time
-
         time.sleep(float(dataset.options["pause_in_scan"]))  # demo/test option: a worker can be killed mid-scan
     plan = pipeline.plan_import(dataset.source_path, workdir_for(dataset), limits_for(dataset),
                                 encoding=dataset.options.get("encoding"))
@@ -243,24 +244,20 @@ def start_import(dataset_id: int, task) -> dict:
         chunks_total=len(plan.chunks), chunk_task_ids=chunk_ids)
     if not updated:
         return {"dataset_id": dataset_id, "skipped": "cancelled during the scan"}
-    _report(task, dataset)
-
-    from celery import chord
-
-    from apps.core.bulk import confirmed_batch
-    from apps.datasets.tasks import finish_import, profile_chunk
+    _report(progress, dataset_id)
 
     limits = time_limits_for(dataset)
-    header = [profile_chunk.si(dataset_id, c.index, c.offset, c.length, c.first_line).set(task_id=chunk_ids[c.index], **limits)
+    header = [app.signature("datasets.profile_chunk", args=(dataset_id, c.index, c.offset, c.length, c.first_line),
+                            immutable=True).set(task_id=chunk_ids[c.index], **limits)
               for c in plan.chunks]
     # The chunk messages are confirmed together, not one round trip each; a refused one fails the scan
     # with BulkPublishError (the dataset is FAILED with its message).
     with confirmed_batch():
-        chord(header)(finish_import.s(dataset_id).set(task_id=dataset.task_id, **limits))
+        chord(header)(app.signature("datasets.finish_import", args=(dataset_id,)).set(task_id=dataset.task_id, **limits))
     return {"dataset_id": dataset_id, "chunks": len(plan.chunks), "rows_estimate": plan.data_rows_estimate}
 
 
-def profile_chunk(dataset_id: int, index: int, offset: int, length: int, first_line: int, task) -> dict:
+def profile_chunk(dataset_id: int, index: int, offset: int, length: int, first_line: int, progress: Progress) -> dict:
     dataset = Dataset.objects.get(pk=dataset_id)
     if dataset.status != Status.RUNNING:
         return {"index": index, "skipped": dataset.status}
@@ -270,26 +267,25 @@ def profile_chunk(dataset_id: int, index: int, offset: int, length: int, first_l
         raise ValueError(f"chunk {index} of dataset {dataset_id} does not match its plan")
     pause = float(dataset.options.get("pause_per_chunk") or 0)
     if pause:
-        import time
-
         time.sleep(pause)  # demo/test option: makes progress, cancel and time limits observable
         if not is_running(dataset_id):
             return {"index": index, "skipped": "cancelled"}
     result = pipeline.process_chunk(plan, chunk, workdir_for(dataset), limits_for(dataset))
-    Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).update(
-        rows_processed=F("rows_processed") + result["rows"], chunks_done=F("chunks_done") + 1)
-    _report(task, dataset_id)
+    if not result["done_before"]:  # a redelivered chunk's rows were counted by its first run
+        Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).update(
+            rows_processed=F("rows_processed") + result["rows"], chunks_done=F("chunks_done") + 1)
+    _report(progress, dataset_id)
     return {**result, "pid": os.getpid()}
 
 
-def finish_import(results: list[dict], dataset_id: int, task) -> dict:
+def finish_import(results: list[dict], dataset_id: int, progress: Progress) -> dict:
     """Merge the chunks' partial profiles; store the profile with READY in one conditional UPDATE."""
     updated = Dataset.objects.filter(pk=dataset_id, status=Status.RUNNING).update(stage="merging")
     if not updated or any("skipped" in r for r in results):
         status = Dataset.objects.values_list("status", flat=True).get(pk=dataset_id)
         return {"dataset_id": dataset_id, "status": status, "stored": False}
     dataset = Dataset.objects.get(pk=dataset_id)
-    _report(task, dataset)
+    _report(progress, dataset_id)
     plan = Plan.from_json(dataset.plan)
     profile = pipeline.merge_chunks(plan, workdir_for(dataset), limits_for(dataset), {
         "peak_rss_kib": max(r["peak_rss_kib"] for r in results),
@@ -319,10 +315,6 @@ def recover_stuck(stale_after: float | None = None, max_requeues: int | None = N
     Only while the dataset queue has no ready message: a message waiting there may be the one that will
     move the import on (a killed worker's task goes back to the queue), so nothing is decided then.
     """
-    from apps.core.broker import queue_depths
-    from apps.core.workers import held_task_ids
-    from project import topology
-
     stale_after = settings.DATASETS_STALE_AFTER if stale_after is None else stale_after
     max_requeues = settings.DATASETS_MAX_REQUEUES if max_requeues is None else max_requeues
     now = timezone.now()

@@ -14,6 +14,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_process_init
 
+from apps.control.progress import report_progress
 from apps.core.tasks import TRANSIENT_ERRORS, PlatformTask, where_am_i
 from apps.datasets import pipeline, services
 from apps.datasets.source import DatasetInputError
@@ -32,6 +33,17 @@ def one_core_per_child(**kwargs):
 def probe() -> dict:
     """A no-op on the dataset lane (prefork): reports the worker, pool and queue that ran it."""
     return where_am_i()
+
+
+def progress_of(task) -> services.Progress:
+    """The services' progress callback for ``task``: Celery state PROGRESS on the import's task id, and the
+    same progress as a task-progress event (the control ledger and the live progress page follow it)."""
+    def report(task_id: str, fields: dict) -> None:
+        task.update_state(task_id=task_id, state="PROGRESS", meta=fields)
+        report_progress(task, step=fields["stage"], current=fields["rows_processed"], total=fields["rows_total"],
+                        task_id=task_id)
+
+    return report
 
 
 @contextmanager
@@ -76,19 +88,20 @@ class DatasetTask(PlatformTask):
 @shared_task(bind=True, base=DatasetTask, name="datasets.start_import")
 def start_import(self, dataset_id: int) -> dict:
     with settles_dataset(self, dataset_id, "the scan"):
-        return services.start_import(dataset_id, task=self)
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        return services.start_import(dataset_id, redelivered, progress_of(self))
 
 
 @shared_task(bind=True, base=DatasetTask, name="datasets.profile_chunk")
 def profile_chunk(self, dataset_id: int, index: int, offset: int, length: int, first_line: int) -> dict:
     with settles_dataset(self, dataset_id, f"chunk {index} (from line {first_line})"):
-        return services.profile_chunk(dataset_id, index, offset, length, first_line, task=self)
+        return services.profile_chunk(dataset_id, index, offset, length, first_line, progress_of(self))
 
 
 @shared_task(bind=True, base=DatasetTask, name="datasets.finish_import")
 def finish_import(self, results: list[dict], dataset_id: int) -> dict:
     with settles_dataset(self, dataset_id, "the merge"):
-        return services.finish_import(results, dataset_id, task=self)
+        return services.finish_import(results, dataset_id, progress_of(self))
 
 
 @shared_task(name="datasets.recover_stuck")

@@ -6,24 +6,17 @@ class MailConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from apps.core import demo
+        # Imported here, not at the top: Django loads apps.py before any model, and these import models.
+        from apps.core import demo, schedules
+        from apps.mail import demo as mail_demo
+        from apps.mail import tasks  # noqa: F401  (registered in every process: services publish them by name)
         from project import topology
 
-        # Transactional only: bulk delivery stores no result row, and the demo counts result rows.
-        demo.register(topology.MAIL, "send", _demo_send(bulk=False))
-
-
-def _demo_send(bulk: bool):
-    def enqueue(i: int) -> str:
-        from apps.mail import services
-
-        # One attempt: without an SMTP server (e.g. in tests) the demo fails at once with
-        # "cannot connect to host:port" instead of retrying for minutes.
-        message, _ = services.enqueue(
-            to=[f"demo{i}@example.com"], subject=f"Demo {'bulk' if bulk else 'transactional'} message {i}",
-            template="demo", context={"number": i, "lane": "bulk" if bulk else "transactional"},
-            bulk=bulk, max_attempts=1,
-        )
-        return message.task_id
-
-    return enqueue
+        schedules.register(schedules.DefaultSchedule(
+            name="Mail: re-enqueue stale messages",
+            task="mail.requeue_stale",
+            every_seconds=60,
+            description="Re-enqueues outbox messages whose task was lost or whose worker died mid-send (apps/mail).",
+        ))
+        demo.register(topology.MAIL, "send", mail_demo.enqueue_send)
+        demo.register(topology.MAIL, "probe", mail_demo.enqueue_probe)

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.core.serializers import CachedFieldsModelSerializer
 from apps.mail.models import Message
 
 
@@ -24,7 +25,7 @@ class MessageIn(serializers.Serializer):
     bulk = serializers.BooleanField(required=False, default=False)
 
 
-class MessageOut(serializers.ModelSerializer):
+class MessageOut(CachedFieldsModelSerializer):
     class Meta:
         model = Message
         fields = ["id", "idempotency_key", "status", "bulk", "from_email", "to", "cc", "subject", "template",

@@ -8,6 +8,9 @@ Never twice, never lost:
 * the task is published after commit; a QUEUED row whose publish was lost is re-enqueued by
   ``requeue_stale`` (a periodic task).
 The one window left (SMTP server accepted, SENT not yet committed) is described in docs/mail.md.
+
+Delivery tasks are published by their pinned names (``app.signature``), not imported: tasks.py imports
+this module, and importing it back would be a cycle.
 """
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ import random
 import socket
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from email.utils import formatdate
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.template import TemplateDoesNotExist
@@ -34,6 +38,7 @@ from apps.core.amqp import QueueFull
 from apps.mail import smtp, throttle, validation
 from apps.mail.models import FINAL_STATES, Attachment, Message, Status
 from apps.mail.validation import MailInputError
+from project.celery import app
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +81,9 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
             bulk: bool = False, max_attempts: int | None = None) -> tuple[Message, bool]:
     """Store a message and enqueue its delivery after commit. Returns (message, created).
 
-    The same idempotency key returns the message stored first (created=False) and enqueues nothing.
+    The same idempotency key returns the message stored first (created=False) and stores nothing new; if
+    RabbitMQ refused that message's delivery task (queue full: the caller got QueueFull, HTTP 429), the
+    repeat publishes it now, and raises QueueFull again if the queue is still full.
     Bad input raises MailInputError before anything is stored.
     """
     if idempotency_key is not None:
@@ -85,6 +92,8 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
             raise MailInputError("idempotency_key", "must be 1 to 200 characters")
         existing = Message.objects.filter(idempotency_key=idempotency_key).first()
         if existing:
+            if existing.status == Status.QUEUED and existing.last_error.startswith(NOT_ENQUEUED):
+                _publish_now(existing)  # the client's retry after 429, not requeue_stale minutes later
             return existing, False
 
     to, cc, bcc = (validation.addresses(f, v) for f, v in (("to", to), ("cc", cc), ("bcc", bcc)))
@@ -106,37 +115,58 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
         validation.no_line_breaks("attachments", attachment.filename)
         validation.attachment_size(attachment.filename, len(attachment.content))
 
-    with transaction.atomic():
-        message, created = Message.objects.get_or_create(
-            idempotency_key=idempotency_key or f"auto-{uuid.uuid4()}",
-            defaults=dict(
+    # One INSERT in the common case (the key was looked up above; an unkeyed message has a fresh one): the
+    # HTTP enqueue path pays per statement (7 with get_or_create in a transaction, 2 now: issue 19). A
+    # transaction only where one is needed: attachments are more rows, and inside a caller's transaction a
+    # duplicate key must not break it (the savepoint takes the IntegrityError).
+    needs_transaction = bool(attachments) or connection.in_atomic_block
+    try:
+        with transaction.atomic() if needs_transaction else nullcontext():
+            message = Message.objects.create(
+                idempotency_key=idempotency_key or f"auto-{uuid.uuid4()}",
                 bulk=bulk, from_email=from_email, to=to, cc=cc, bcc=bcc, reply_to=reply_to, subject=subject,
                 body_text=body, body_html=html, template=template, context=context, headers=headers,
                 max_attempts=max_attempts or settings.MAIL_MAX_ATTEMPTS, task_id=str(uuid.uuid4()),
-            ),
-        )
-        if created:
+            )
             Attachment.objects.bulk_create([
                 Attachment(message=message, filename=a.filename, mimetype=a.mimetype, content=a.content,
                            size=len(a.content)) for a in attachments or []
             ])
             _publish_after_commit(message)
-    return message, created
+    except IntegrityError:
+        # A concurrent request with the same key stored it between the lookup and the INSERT: theirs stands.
+        existing = Message.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
+    return message, True
+
+
+# What last_error of a QUEUED message starts with while its delivery task is not in RabbitMQ (refused).
+NOT_ENQUEUED = "delivery not enqueued: "
+
+
+def _publish_now(message: Message) -> None:
+    """Publish the message's delivery task. A refusal (queue full) is written on the row, which stays QUEUED:
+    a repeat with the same idempotency key publishes it again, and mail.requeue_stale does later. A second
+    task message for one row is harmless: the claim admits one delivery."""
+    task = app.signature("mail.bulk_send_message" if message.bulk else "mail.send_message")
+    pk = message.pk
+    try:
+        task.apply_async((pk,), task_id=message.task_id)
+    except QueueFull as exc:  # the row is committed: it stays QUEUED
+        Message.objects.filter(pk=pk, status=Status.QUEUED).update(last_error=f"{NOT_ENQUEUED}{exc}",
+                                                                   updated_at=Now())
+        raise QueueFull(f"message {pk} is stored (QUEUED) but its delivery was not enqueued: {exc}; a retry "
+                        "with the same idempotency key enqueues it, or mail.requeue_stale when the queue has room"
+                        ) from exc
+    if message.last_error.startswith(NOT_ENQUEUED):
+        Message.objects.filter(pk=pk, status=Status.QUEUED, last_error__startswith=NOT_ENQUEUED).update(
+            last_error="", updated_at=Now())
 
 
 def _publish_after_commit(message: Message) -> None:
-    from apps.mail.tasks import delivery_task
-
-    task, pk, task_id = delivery_task(message.bulk), message.pk, message.task_id
-
-    def publish():
-        try:
-            task.apply_async((pk,), task_id=task_id)
-        except QueueFull as exc:  # the row is committed: it stays QUEUED and requeue_stale publishes it later
-            raise QueueFull(f"message {pk} is stored (QUEUED) but its delivery was not enqueued: {exc}; "
-                            "mail.requeue_stale will enqueue it when the queue has room") from exc
-
-    transaction.on_commit(publish)
+    transaction.on_commit(lambda: _publish_now(message))
 
 
 def cancel(message_id: int) -> bool:

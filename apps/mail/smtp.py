@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
 
+from apps.core.tasks import seconds_to_limit
+
 
 class SMTPFailure(Exception):
     def __init__(self, message: str, code: int | None = None, reply: str = ""):
@@ -82,7 +84,10 @@ class ConnectionPool:
         """(connection, reused): an idle connection if a fresh-enough one exists, else a new one."""
         now = time.monotonic()
         while self._idle:
-            idle = self._idle.pop()
+            try:
+                idle = self._idle.pop()
+            except IndexError:  # on the threads pool another task took the last one in between
+                break
             if now - idle.since < settings.MAIL_SMTP_IDLE_SECONDS:
                 return idle.smtp, True
             _close(idle.smtp)
@@ -163,6 +168,15 @@ def _conversation(smtp: smtplib.SMTP, sender: str, recipients: list[str], data: 
     return Accepted(code, _reply_text(resp))
 
 
+def _bound_by_time_limit(smtp: smtplib.SMTP) -> None:
+    """On the threads pool a time limit reaches the task only when a blocking socket call returns: each
+    wait of the conversation ends by the task's limit (EMAIL_TIMEOUT at most), so the limit holds there as
+    on eventlet, whose timer interrupts the wait itself."""
+    left = seconds_to_limit()
+    if smtp.sock is not None:
+        smtp.sock.settimeout(settings.EMAIL_TIMEOUT if left is None else min(settings.EMAIL_TIMEOUT, max(left, 0) + 0.05))
+
+
 def send(sender: str, recipients: list[str], data: bytes) -> Accepted:
     """Deliver one message; raise Transient/Permanent/AcceptanceUnknown with the server's reply."""
     try:
@@ -172,6 +186,7 @@ def send(sender: str, recipients: list[str], data: bytes) -> Accepted:
         if isinstance(exc, smtplib.SMTPAuthenticationError):
             raise PermanentFailure(f"SMTP authentication failed: {exc}") from exc
         raise TransientFailure(f"cannot connect to {settings.EMAIL_HOST}:{settings.EMAIL_PORT}: {exc!r}") from exc
+    _bound_by_time_limit(smtp)
     try:
         try:
             accepted = _conversation(smtp, sender, recipients, data)
@@ -181,6 +196,7 @@ def send(sender: str, recipients: list[str], data: bytes) -> Accepted:
             # The server closed an idle connection we kept: nothing was sent yet, try once on a fresh one.
             pool.discard(smtp)
             smtp = pool._open()
+            _bound_by_time_limit(smtp)
             accepted = _conversation(smtp, sender, recipients, data)
     except AcceptanceUnknown:
         pool.discard(smtp)

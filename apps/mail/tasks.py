@@ -62,10 +62,6 @@ def bulk_send_message(self, message_id: int) -> str:
     return _deliver(self, message_id)
 
 
-def delivery_task(bulk: bool):
-    return bulk_send_message if bulk else send_message
-
-
 @shared_task(name="mail.requeue_stale")
 def requeue_stale() -> int:
     """Periodic: re-enqueue messages whose task message was lost or whose worker died mid-send."""

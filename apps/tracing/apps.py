@@ -6,22 +6,29 @@ class TracingConfig(AppConfig):
     verbose_name = "Tracing"
 
     def ready(self):
-        from apps.core import demo
+        # Imported here, not at the top: Django loads apps.py before any model, and these import models.
+        from apps.control.console.extensions import register_task_panel
+        from apps.core import demo, schedules
+        from apps.tracing import demo as tracing_demo
         from apps.tracing import otel
+        from apps.tracing.console import task_panel
         from project import topology
 
-        from apps.control.console.extensions import register_task_panel
-        from apps.tracing.console import task_panel
-
         otel.setup()
-        demo.register(topology.OPS_TRACE, "trace", enqueue_demo_batch)
+        schedules.register(
+            schedules.DefaultSchedule(
+                name="Trace retention",
+                task="tracing.purge_old_events",
+                crontab={"minute": "30", "hour": "*"},
+                description="Deletes trace events stored longer ago than TRACING_RETENTION_DAYS, in bounded batches.",
+            ),
+            schedules.DefaultSchedule(
+                name="Trace export",
+                task="tracing.export_pending",
+                every_seconds=15,
+                description="Exports trace events still pending to the OTLP collector (catch-up after an outage).",
+            ),
+        )
+        demo.register(topology.OPS_TRACE, "trace", tracing_demo.enqueue_demo_batch)
+        demo.register(topology.OPS_TRACE, "probe", tracing_demo.enqueue_probe)
         register_task_panel(task_panel)  # the trace link on a task's console page
-
-
-def enqueue_demo_batch(i: int) -> str:
-    """Demo work: one ingestion batch of a small trace (a root operation, two children, an audit event)."""
-    from apps.tracing.demo import demo_batch
-    from apps.tracing.tasks import ingest
-
-    records, batch_id = demo_batch(i)
-    return ingest.apply_async(args=(records, batch_id), argsrepr=f"[<{len(records)} trace events>]").id

@@ -1,9 +1,11 @@
-"""A small, realistic trace as records, for `manage.py demo` and the benchmark."""
+"""A small, realistic trace as records, for `manage.py demo` (registered in apps.py) and the benchmark."""
 from __future__ import annotations
 
 import os
 import time
 import uuid
+
+from apps.tracing.tasks import ingest, probe
 
 
 def demo_batch(i: int) -> tuple[list[dict], str]:
@@ -25,3 +27,13 @@ def demo_batch(i: int) -> tuple[list[dict], str]:
                **{"audit.actor": "user:demo", "audit.action": "dataset.update", "audit.target": f"dataset:{i}"}),
     ]
     return records, uuid.uuid4().hex
+
+
+def enqueue_demo_batch(i: int) -> str:
+    """Demo work: one ingestion batch of a small trace (a root operation, two children, an audit event)."""
+    records, batch_id = demo_batch(i)
+    return ingest.apply_async(args=(records, batch_id), argsrepr=f"[<{len(records)} trace events>]").id
+
+
+def enqueue_probe(i: int) -> str:
+    return probe.delay().id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import time
+import uuid
 
 from celery import signals
 from opentelemetry import context as otel_context
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, S
 
 from apps.tracing import conf
 from apps.tracing.buffer import BufferedSpanProcessor
+from apps.tracing.tasks import ingest
 
 PUBLISHED_AT_HEADER = "platform_published_at"  # unix seconds, set by the publisher
 QUEUE_WAIT_ATTRIBUTE = "platform.queue_wait_ms"
@@ -54,10 +56,6 @@ class PlatformSampler(Sampler):
 
 def publish_batch(records: list[dict]) -> None:
     """Send one batch to the ops_trace queue (one retry on a dropped connection; the buffer keeps it otherwise)."""
-    import uuid
-
-    from apps.tracing.tasks import ingest
-
     token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
     try:
         # No result row: with result_extended every result would store the whole batch again as its args.

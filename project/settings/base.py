@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import dj_database_url
-from kombu import Exchange, Queue
 
 from project import topology
 
@@ -86,9 +85,9 @@ TEMPLATES = [
 
 def database_config(url: str) -> dict:
     """One database from a URL, tuned for the platform's concurrent writers."""
-    # Persistent connections where a process serves one request or task at a time and says so
-    # (compose/start/cpu sets DATABASE_CONN_MAX_AGE); 0 elsewhere: ASGI web and eventlet green threads
-    # would each keep one open.
+    # Persistent connections where a thread serves one request or task at a time and says so
+    # (compose/start/cpu, and compose/start/web: one per thread of its HTTP pool, project/asgi.py); 0
+    # elsewhere: the io role's green or OS threads would each keep one open (compose/start/io sets 0).
     config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0), conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {
@@ -101,6 +100,22 @@ def database_config(url: str) -> dict:
             "init_command": "PRAGMA synchronous=NORMAL;",
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
+        }
+    pool_max_size = env_int("DATABASE_POOL_MAX_SIZE", 0)
+    if pool_max_size and config["ENGINE"] == "django.db.backends.postgresql":
+        # Set by compose/start/io: Django opens one connection per thread (green or OS), so -c 500 would be
+        # 500 PostgreSQL connections. A bounded pool (Django 5.2 native, psycopg_pool; needs CONN_MAX_AGE=0,
+        # which the io role sets) caps them per process; tasks give the connection back before any SMTP
+        # conversation (apps/mail/services.py).
+        config["CONN_MAX_AGE"] = 0
+        config.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": pool_max_size,
+            # Seconds a thread waits for a connection before PoolTimeout (an OperationalError: the task or
+            # result write is retried). Short on purpose: after PostgreSQL terminated the pool's connections,
+            # a waiter was sometimes never served until its timeout (seen here, eventlet + psycopg_pool:
+            # 60 s stalls with 60; with 10 the write retries and goes through).
+            "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
         }
     return config
 
@@ -135,13 +150,14 @@ STORAGES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "apps.core.authentication.CachedTokenAuthentication",  # DRF's, a lookup kept API_TOKEN_CACHE_SECONDS
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
+API_TOKEN_CACHE_SECONDS = float(os.environ.get("API_TOKEN_CACHE_SECONDS", 5))  # a revoked token works <= this long elsewhere
 SPECTACULAR_SETTINGS = {
     "TITLE": "Task platform API", "VERSION": "1.0.0", "SERVE_INCLUDE_SCHEMA": False,
     # From our own static files (drf-spectacular-sidecar), not a CDN: the docs page must load offline.
@@ -190,6 +206,12 @@ PLATFORM_BROKER_MANAGEMENT_PORT = env_int("PLATFORM_BROKER_MANAGEMENT_PORT", 156
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # workers wait for RabbitMQ instead of exiting
 CELERY_BROKER_CONNECTION_TIMEOUT = 4  # seconds; a down broker is reported quickly, not after a hang
+# A channel error while the consumer (re)connects restarts the consumer instead of ending the worker. On a
+# cluster a quorum queue's declare or consume can fail with a channel error while its leader is elected
+# (404 "failed to perform operation on queue ... due to timeout"); Celery's default treats that as
+# "Unrecoverable error" and the worker exits (the likely way a fresh-clone CI run lost a worker during its
+# rolling-restart case). A lasting one (406 inequivalent arg) is then logged at each retry, the worker stays up.
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "confirm_publish": True,  # publisher confirms: apply_async returns only once RabbitMQ has the message
     "confirm_timeout": 10,  # seconds to wait for that confirm before raising to the caller
@@ -217,6 +239,7 @@ CELERY_TASK_ROUTES = {
     "mail.*": topology.route(topology.MAIL),
     "tracing.*": topology.route(topology.OPS_TRACE),
     "core.*": topology.route(topology.OPS_TRACE),
+    "control.*": topology.route(topology.OPS_TRACE),  # control plane housekeeping (apps/control)
     "celery.*": topology.route(topology.OPS_TRACE),  # Celery's own housekeeping (backend_cleanup)
 }
 
@@ -229,14 +252,15 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # prefork: one reserved task per child, n
 CELERY_WORKER_DETECT_QUORUM_QUEUES = True  # per-consumer QoS (quorum queues refuse global QoS)
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True  # they will be redelivered anyway
 CELERY_WORKER_CONSUMER = "apps.core.consumer:PlatformConsumer"  # bad messages are dead-lettered, not acked
+CELERY_WORKER_POOL_RESTARTS = True  # lets the pool-restart control action work (prefork)
 # Recycle prefork children to cap leaks: by memory first (below), by count as a backstop. Every 1,000 was
 # 13% of the no-op drain rate (a fork each second per child at 1,000 tasks/s; docs/benchmarks.md).
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 10_000)
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", 1_000_000)  # KiB
 PLATFORM_MAX_MESSAGE_BYTES = env_int("PLATFORM_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)  # enforced both ends
 
-# Time limits: every task has one. Tasks override per task; the eventlet pool enforces them through
-# the base task (Celery's eventlet pool enforces none). Soft raises inside the task, hard kills it.
+# Time limits: every task has one. Tasks override per task; the io role's pools (eventlet, threads) enforce
+# them through the base task (Celery enforces them only on prefork). Soft raises inside the task, hard ends it.
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 330)
 # Graceful shutdown: the worker start scripts set REMAP_SIGTERM=SIGQUIT, so SIGTERM (docker stop, Kubernetes)
@@ -313,7 +337,9 @@ TRACING_FLUSH_INTERVAL = float(os.environ.get("TRACING_FLUSH_INTERVAL", 1))  # s
 TRACING_BUFFER_MAX_EVENTS = env_int("TRACING_BUFFER_MAX_EVENTS", 20_000)  # per process; beyond: dropped, counted
 TRACING_RETENTION_DAYS = float(os.environ.get("TRACING_RETENTION_DAYS", 14))  # purge task deletes older events
 
-# Sentry error reporting in every environment, switched on by SENTRY_DSN (Django + Celery integrations).
+# --- Sentry ------------------------------------------------------------------------------------------
+# The one place Sentry is initialised: every environment and process (web, workers, beat) loads these settings.
+# Error reporting switched on by SENTRY_DSN (Django + Celery integrations).
 # Traces stay with OpenTelemetry (traces_sample_rate 0): Sentry gets errors only.
 SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
 if SENTRY_DSN:
@@ -334,45 +360,12 @@ if SENTRY_DSN:
 INSTALLED_APPS += ["apps.control"]  # noqa: F405
 MIDDLEWARE += ["apps.control.api_errors.JsonApiErrorsMiddleware"]  # JSON 404/500 under /api/  # noqa: F405
 REST_FRAMEWORK["EXCEPTION_HANDLER"] = "apps.control.api_errors.json_exception_handler"  # detail + code always
-CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "control.*": topology.route(topology.OPS_TRACE)}  # housekeeping
-CELERY_WORKER_POOL_RESTARTS = True  # lets the pool-restart control action work (prefork)
 # Which deployment a worker belongs to (apps/core/workers.py): by default a digest of the database it
 # works with; set the same value everywhere when hosts reach one database under different names.
 PLATFORM_DEPLOYMENT = os.environ.get("PLATFORM_DEPLOYMENT", "")
 CONTROL_LOST_AFTER = env_int("CONTROL_LOST_AFTER", 900)  # seconds without any event before LOST is considered
 # --- mail ---------------------------------------------------------------------------------------------
-# apps/mail: an outbox delivered by the eventlet io worker through real SMTP. See docs/mail.md.
-import sys as _sys  # noqa: E402
-
-
-def _eventlet_patched() -> bool:
-    """True in a process Celery started with -P eventlet (it monkey-patches before loading settings)."""
-    eventlet = _sys.modules.get("eventlet")
-    return bool(eventlet) and eventlet.patcher.is_monkey_patched("select")
-
-
-if _eventlet_patched():
-    # psycopg 3 recognises only gevent's patching; under eventlet its C wait function would block the hub
-    # on every query. wait_select calls select.select at call time, which eventlet has made green
-    # (wait_poll would fail: eventlet deletes select.poll). Must be set before psycopg is first imported.
-    # Without it an io worker stalled with 20 queries in flight when PostgreSQL connections were killed.
-    os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_select")
-    DATABASES["default"]["CONN_MAX_AGE"] = 0  # a connection per green thread must close when its task ends
-    CELERY_DB_REUSE_MAX = None
-    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        # Django opens one connection per green thread: with -c 500 that is 500 PostgreSQL connections.
-        # A bounded pool (Django 5.2 native, psycopg_pool; needs CONN_MAX_AGE=0) caps them per process;
-        # tasks give the connection back before any SMTP conversation (apps/mail/services.py).
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": 1,
-            "max_size": env_int("IO_DB_POOL_MAX_SIZE", 30),
-            # Seconds a green thread waits for a connection before PoolTimeout (an OperationalError: the
-            # task or result write is retried). Short on purpose: after PostgreSQL terminated the pool's
-            # connections, a waiter was sometimes never served until its timeout (seen here, eventlet +
-            # psycopg_pool: 60 s stalls with 60; with 10 the write retries and goes through).
-            "timeout": env_int("IO_DB_POOL_TIMEOUT", 10),
-        }
-
+# apps/mail: an outbox delivered by the io worker (compose/start/io) through real SMTP. See docs/mail.md.
 # Application code (send_mail, EmailMessage.send) goes through the outbox; delivery uses an explicit SMTP
 # connection built from the EMAIL_* settings below (apps/mail/smtp.py), never this backend.
 EMAIL_BACKEND = "apps.mail.backends.OutboxEmailBackend"
@@ -388,7 +381,7 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "platform@localhost")
 MAIL_MAX_ATTEMPTS = env_int("MAIL_MAX_ATTEMPTS", 6)  # SMTP attempts before a transient failure becomes FAILED
 MAIL_RETRY_BACKOFF_BASE = float(os.environ.get("MAIL_RETRY_BACKOFF_BASE", 2))  # seconds; doubles per attempt
 MAIL_RETRY_BACKOFF_MAX = env_int("MAIL_RETRY_BACKOFF_MAX", 600)  # seconds
-MAIL_SEND_SOFT_TIME_LIMIT = env_int("MAIL_SEND_SOFT_TIME_LIMIT", 60)  # per delivery task, enforced on eventlet
+MAIL_SEND_SOFT_TIME_LIMIT = env_int("MAIL_SEND_SOFT_TIME_LIMIT", 60)  # per delivery task, enforced on every io pool
 MAIL_SEND_TIME_LIMIT = env_int("MAIL_SEND_TIME_LIMIT", 75)
 MAIL_CLAIM_LEASE = env_int("MAIL_CLAIM_LEASE", 120)  # s; > hard limit: a SENDING row older than this lost its worker
 MAIL_SMTP_POOL_SIZE = env_int("MAIL_SMTP_POOL_SIZE", 200)  # idle SMTP connections kept per worker process

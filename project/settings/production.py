@@ -37,4 +37,4 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
 
-# Sentry: initialised in base.py's tracing block whenever SENTRY_DSN is set (all environments).
+# Sentry: initialised once, in base.py's Sentry block, whenever SENTRY_DSN is set (all environments).

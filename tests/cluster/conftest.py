@@ -74,7 +74,8 @@ def cluster_db_url(django_db_setup, django_db_blocker):
 def smtp_sink(live_cluster):
     """The real SMTP server the worker hosts deliver to. A host namespace reaches the root namespace only
     through the bridge, so the server listens on the bridge's address (tests/support/cluster.py)."""
-    from tests.mail.smtp_servers import Behaviour, CountingController, free_port
+    from tests.mail.smtp_servers import Behaviour, CountingController
+    from tests.support.net import free_port
 
     controller = CountingController(Behaviour(), hostname=cluster.BRIDGE_ADDRESS,
                                     port=free_port(cluster.BRIDGE_ADDRESS))

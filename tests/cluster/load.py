@@ -125,9 +125,12 @@ class Load:
                     out[entry.name.removeprefix("effect-")] = entry.stat().st_mtime
         return out
 
-    def wait_processed(self, timeout: float = 180) -> None:
-        """Until every confirmed publish has its effect (or was dead-lettered; counted after)."""
+    def wait_processed(self, workers=(), timeout: float = 180) -> None:
+        """Until every confirmed publish has its effect (or was dead-lettered; counted after). A worker of
+        ``workers`` that exited fails this at once, with its exit code and log tail, instead of a timeout."""
         def done():
+            for worker in workers:
+                worker.assert_alive()
             return all(set(self.confirmed_keys(lane)) <= set(self.effects(lane)) for lane in LANES)
 
         wait_for(done, timeout=timeout, interval=0.5, message="every confirmed task to run")

@@ -124,7 +124,7 @@ def test_worker_host_partition_longer_than_the_heartbeat_then_healed(cluster_vho
         finally:
             cluster.heal("io1")
             load.stop()
-        load.wait_processed()
+        load.wait_processed([*host_workers.values(), second])
         wait_for(lambda: not Message.objects.filter(pk__in=[pk for pk, _ in mail.stored()])
                  .exclude(status__in=[Status.SENT, Status.FAILED, Status.TIMED_OUT]).exists(),
                  timeout=180, interval=1, message="every mail to reach a final state")

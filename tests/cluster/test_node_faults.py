@@ -76,7 +76,7 @@ def _leader_or_none(vhost: str, nodes) -> int | None:
 
 def assert_workers_serve(workers) -> None:
     for worker in workers.values():
-        assert worker.alive(), worker.log()[-3000:]
+        worker.assert_alive()
     assert cpu_echo.delay("after").get(timeout=60)["value"] == "after"
     assert io_echo.delay("after").get(timeout=60)["value"] == "after"
 
@@ -95,7 +95,7 @@ def test_kill_9_of_the_node_leading_dataset_and_mail(cluster_vhost, host_workers
                        for q in (topology.DATASET, topology.MAIL)}
     finally:
         load.stop()
-    load.wait_processed()
+    load.wait_processed(host_workers.values())
     outcome = load.account(f"kill -9 of the node leading dataset and mail ({cluster.node_name(leader)})",
                            cluster.broker_url(cluster_vhost), fault_at)
     cluster.start_node(leader)
@@ -121,7 +121,7 @@ def test_rolling_restart_of_all_three_nodes(cluster_vhost, host_workers, tmp_pat
         time.sleep(5)
     finally:
         load.stop()
-    load.wait_processed()
+    load.wait_processed(host_workers.values())
     outcome = load.account("rolling restart of all three nodes (rabbitmqctl stop, start, catch up)",
                            cluster.broker_url(cluster_vhost), fault_at)
     assert outcome.lost == 0 and outcome.duplicated == 0, outcome
@@ -149,7 +149,7 @@ def test_minority_partition_of_the_leading_node(cluster_vhost, host_workers, tmp
     finally:
         cluster.heal(f"r{leader}")
         load.stop()
-    load.wait_processed()
+    load.wait_processed(host_workers.values())
     outcome = load.account(f"minority partition: the node leading dataset ({cluster.node_name(leader)}) cut off "
                            f"{3 * HEARTBEAT} s, healed", cluster.broker_url(cluster_vhost), fault_at)
     whole_again(cluster_vhost, [leader])
@@ -193,7 +193,7 @@ def test_majority_loss_gives_clear_errors_then_resumes_by_itself(cluster_vhost, 
         time.sleep(5)
     finally:
         load.stop()
-    load.wait_processed()
+    load.wait_processed(host_workers.values())
     outcome = load.account(f"majority loss: kill -9 of 2 of 3 nodes for {3 * confirm_timeout} s, restarted",
                            cluster.broker_url(cluster_vhost), restored_at)
     failed = [p for p in load.publishes if p.error and fault_at <= p.started <= restored_at]

@@ -1,7 +1,6 @@
 """Control-plane fixtures: the event recorder and a web process as real processes, API users and tokens."""
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
@@ -9,13 +8,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.control.models import TaskRecord
+from tests.support.net import free_port
 from tests.support.workers import ProcessRole, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from apps.control import services, states
@@ -46,11 +45,14 @@ def log_in(browser, web, user, next_path="/console/"):
     browser.get(f"{web.url}/admin/login/?next={next_path}")
     browser.find_element(By.NAME, "username").send_keys(user.username)
     browser.find_element(By.NAME, "password").send_keys("x")
-    form_page = browser.find_element(By.TAG_NAME, "html")
+    browser.execute_script("window.loginFormPage = true;")  # a new document gets a fresh window object
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    # click() does not wait for the navigation the submit starts: wait until the login page is gone.
-    WebDriverWait(browser, 20).until(staleness_of(form_page))
-    WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.readyState") == "complete")
+    # click() does not wait for the navigation the submit starts: wait until a new document has loaded. While
+    # the old one is torn down chromedriver can answer any command with an error other than "stale element"
+    # ("unknown error: unhandled inspector error: Node with given id does not belong to the document", seen
+    # in a CI run through selenium's staleness_of), so such errors mean "not yet".
+    WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return !window.loginFormPage && document.readyState === 'complete';"))
 
 
 def text(browser, selector: str) -> str:

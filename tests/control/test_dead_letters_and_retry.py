@@ -173,9 +173,9 @@ def test_housekeeping_tasks_run_on_the_io_worker(io_worker, broker_url):
     """The seeded schedules' tasks work where beat sends them (ops_trace, eventlet): the sweep asks the
     workers (including the one running it) and the broker; the drain moves dead letters."""
     from apps.control.tasks import drain_dead_letters, sweep_lost
-    from apps.core.schedules import DEFAULT_SCHEDULES
+    from apps.core.schedules import default_schedules
 
-    assert {"control.sweep_lost", "control.drain_dead_letters"} <= {s.task for s in DEFAULT_SCHEDULES}
+    assert {"control.sweep_lost", "control.drain_dead_letters"} <= {s.task for s in default_schedules()}
     task_id, headers, body = celery_message("tests.io.gone_for_good")
     rabbit.publish_raw(broker_url, "dead_letter", "mail_bulk", body, headers=headers)  # straight into mail_bulk.dead
     assert drain_dead_letters.delay().get(timeout=60) >= 1

@@ -144,3 +144,27 @@ def test_a_queue_read_while_it_is_being_declared_never_fails_the_drain(vhost_url
             thread.join(30)
     assert failures == []
 
+
+
+def test_a_quorum_queue_answering_zero_is_asked_again(vhost_url, monkeypatch):
+    """RabbitMQ 3.x answers a passive declare of a quorum queue with 0 messages and 0 consumers when the
+    queue's Raft leader does not reply within 250 ms (``rabbit_quorum_queue:stat/2`` maps the timeout to
+    {ok, 0, 0}); a loaded CI run's health check then saw no consumer on a queue that had two. A leader that
+    is slow on cue cannot be staged, so the first answer for ``dataset`` is replaced by that zero answer;
+    every answer comes from RabbitMQ. A queue that really is empty still reads as empty."""
+    for _ in range(3):
+        rabbit.publish_raw(vhost_url, topology.DATASET, topology.DATASET, b"[[], {}, {}]",
+                           headers={"task": "tests.cpu.echo", "id": uuid.uuid4().hex})
+    real, zeroed = amqp.Channel.queue_declare, []
+
+    def first_answer_zero(self, queue="", passive=False, *args, **kwargs):
+        answer = real(self, queue, passive, *args, **kwargs)
+        if passive and queue == topology.DATASET and not zeroed:
+            zeroed.append(answer)
+            return type(answer)(answer[0], 0, 0)
+        return answer
+
+    monkeypatch.setattr(amqp.Channel, "queue_declare", first_answer_zero)
+    dataset, mail = queue_depths([topology.DATASET, topology.MAIL], url=vhost_url)
+    assert zeroed and (dataset.messages, dataset.consumers) == (3, 0)
+    assert (mail.messages, mail.consumers) == (0, 0) and mail.unavailable is None

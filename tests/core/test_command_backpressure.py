@@ -3,6 +3,7 @@ leave nothing half-done: the dataset is FAILED with the reason, the mail stays s
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from apps.datasets.models import Dataset
 from apps.mail.models import Message
 from project import topology
 from tests.support import rabbit
+from tests.support.workers import wait_for
 
 ROOT = Path(settings.BASE_DIR)
 
@@ -26,11 +28,11 @@ def manage(*args, broker_url, worker_db_url):
                           text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def full_broker_url():
+@contextmanager
+def full_vhost():
     """A vhost of its own (no worker consumes it) whose ``dataset`` and ``mail`` queues are at their bound:
     a policy lowers their max length to 0 (the stricter of the queue argument and the policy applies) and
-    one message fills each (quorum queues refuse once over the bound)."""
+    one message fills each (quorum queues refuse once over the bound). Yields (url, vhost)."""
     vhost = rabbit.create_vhost("platform-test-full")
     url = rabbit.vhost_url(vhost)
     try:
@@ -44,9 +46,15 @@ def full_broker_url():
             for name in ("dataset", "mail"):
                 rabbit.publish_raw(url, name, name, b"[[], {}, {}]", headers={"task": "filler", "id": f"fill-{name}"})
             channel.close()
-        yield url
+        yield url, vhost
     finally:
         rabbit.delete_vhost(vhost)
+
+
+@pytest.fixture(scope="module")
+def full_broker_url():
+    with full_vhost() as (url, _):
+        yield url
 
 
 def test_dataset_import_into_a_full_queue_exits_1_with_the_reason(full_broker_url, worker_db_url, tmp_path):
@@ -77,3 +85,28 @@ def test_a_command_against_an_unreachable_broker_exits_1_with_the_reason(worker_
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "CommandError: " in result.stderr and ("not reachable" in result.stderr or "refused" in result.stderr.lower())
+
+
+def test_a_retry_with_the_same_key_enqueues_what_a_full_queue_refused(worker_db_url):
+    """429/exit 1 means "stored, not enqueued: retry". The retry publishes the stored message's delivery task
+    (not mail.requeue_stale, 15 minutes later), or is refused again while the queue is still full."""
+    args = ("mail_send", "--to", "retry@example.com", "--subject", "r", "--body", "b", "--idempotency-key", "bp-retry")
+    with full_vhost() as (url, vhost):
+        assert manage(*args, broker_url=url, worker_db_url=worker_db_url).returncode == 1
+        message = Message.objects.get(idempotency_key="bp-retry")
+        assert message.status == "QUEUED" and message.last_error.startswith("delivery not enqueued: ")
+        again = manage(*args, broker_url=url, worker_db_url=worker_db_url)
+        assert again.returncode == 1 and "is stored (QUEUED) but its delivery was not enqueued" in again.stderr
+        assert Message.objects.filter(idempotency_key="bp-retry").count() == 1
+
+        rabbit.rabbitmqctl("clear_policy", "-p", vhost, "test-full")
+        wait_for(lambda: "test-full" not in rabbit.rabbitmqctl("list_queues", "-p", vhost, "name", "policy"),
+                 message="the mail queue to drop the policy")
+        rabbit.get_messages(url, "mail")  # the filler goes; the queue has room
+        retried = manage(*args, broker_url=url, worker_db_url=worker_db_url)
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        assert "already exists (same idempotency key)" in retried.stdout
+        [task] = rabbit.get_messages(url, "mail")
+        assert task.headers["id"] == message.task_id and task.headers["task"] == "mail.send_message"
+        message.refresh_from_db()
+        assert message.status == "QUEUED" and message.last_error == ""

@@ -132,14 +132,14 @@ def test_non_transient_errors_fail_at_once_and_are_recorded(io_worker, effects):
     assert TaskResult.objects.get(task_id=result.id).status == states.FAILURE
 
 
-def test_time_limits_are_enforced_on_the_eventlet_pool(io_worker, effects):
+def test_time_limits_are_enforced_on_the_io_pool(io_worker, effects):
     soft = io_sleep.apply_async((30, effects.path), soft_time_limit=1, time_limit=3)
     with pytest.raises(Exception, match="soft time limit"):
         soft.get(timeout=30)
     assert effects.count("start") == 1 and effects.count("end") == 0
 
 
-def test_hard_time_limit_stops_an_eventlet_task_that_ignores_the_soft_one(io_worker, effects):
+def test_hard_time_limit_stops_an_io_task_that_ignores_the_soft_one(io_worker, effects):
     stubborn = io_sleep.apply_async((30, effects.path, True), soft_time_limit=1, time_limit=3)
     with pytest.raises(Exception, match="hard time limit"):
         stubborn.get(timeout=30)

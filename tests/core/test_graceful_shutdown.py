@@ -32,9 +32,9 @@ def messages_in(vhost: str, queue: str) -> int:
     return int(count)
 
 
-def start(role, url, db_url):
+def start(role, url, db_url, **env):
     return Worker(role, url, db_url, env={"CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": str(WINDOW),
-                                          "CPU_CONCURRENCY": "1", "IO_CONCURRENCY": "5"}).start().wait_ready()
+                                          "CPU_CONCURRENCY": "1", "IO_CONCURRENCY": "5", **env}).start().wait_ready()
 
 
 def sigterm_while_running(worker: Worker, path) -> None:
@@ -58,13 +58,19 @@ def test_a_task_that_ends_within_the_window_finishes_and_is_acked(worker_db_url,
                  message="an empty queue: the task acked, nothing left to run again")
 
 
-@pytest.mark.parametrize("role, task, queue", CASES)
-def test_a_task_longer_than_the_window_is_requeued_and_runs_once_elsewhere(worker_db_url, tmp_path, role, task, queue):
+# The io role on threads (IO_POOL=threads): Celery's own cold shutdown fails there ("does not implement
+# kill_job") and then waits for the task, unbounded; apps/core/shutdown.py holds the window as on eventlet.
+@pytest.mark.parametrize("role, task, queue, env", [*(case + ({},) for case in CASES),
+                                                    pytest.param("io", io_sleep, "ops_trace", {"IO_POOL": "threads"},
+                                                                 id="io-threads")])
+def test_a_task_longer_than_the_window_is_requeued_and_runs_once_elsewhere(worker_db_url, tmp_path, role, task, queue,
+                                                                           env):
     path = tmp_path / "marks.log"
     with rabbit.own_vhost("platform-k8s") as url:
-        worker = start(role, url, worker_db_url)
+        worker = start(role, url, worker_db_url, **env)
         result = task.delay(WINDOW * 3, str(path))
         sigterm_while_running(worker, path)
+        assert "unrecoverable error" not in worker.log().lower()
         assert marks(path) == ["start"]  # cut off at the end of the window
         assert messages_in(rabbit_vhost(url), queue) == 1  # given back, not lost
 

@@ -317,3 +317,12 @@ def test_every_disruption_budget_selects_pods_that_exist():
         selector = budget["spec"]["selector"]["matchLabels"]
         assert any(selector.items() <= labels.items() for labels in pod_labels), budget["metadata"]["name"]
     assert by_kind(resources, "RabbitmqCluster")["platform-rabbitmq"]["spec"]["replicas"] == 3
+
+
+def test_rabbitmq_notices_a_lost_peer_within_a_client_heartbeat():
+    """A partitioned node is declared down after up to 1.25 x net_ticktime; clients on it fail over after
+    that. Erlang's default (60 s) would put a partition's stall past two heartbeats (docs/reliability.md)."""
+    spec = by_kind(rendered(), "RabbitmqCluster")["platform-rabbitmq"]["spec"]
+    ticktime = re.search(r"\{net_ticktime,\s*(\d+)\}", spec["rabbitmq"].get("advancedConfig", ""))
+    assert ticktime, "the RabbitmqCluster sets no net_ticktime (Erlang's default is 60 s)"
+    assert int(ticktime.group(1)) <= settings.CELERY_BROKER_HEARTBEAT

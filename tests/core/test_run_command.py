@@ -12,15 +12,10 @@ import pytest
 from django.conf import settings
 
 from tests.support import rabbit
+from tests.support.net import free_port
 from tests.support.workers import wait_for
 
 ROOT = Path(settings.BASE_DIR)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:

@@ -4,13 +4,13 @@ import json
 import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from apps.core.schedules import DEFAULT_SCHEDULES, seed_schedules
+from apps.core.schedules import default_schedules, seed_schedules
 from tests.support.workers import ProcessRole, wait_for
 
 
 @pytest.mark.django_db
 def test_seeding_twice_changes_nothing_and_keeps_admin_edits():
-    assert seed_schedules() == [d.name for d in DEFAULT_SCHEDULES]
+    assert seed_schedules() == [d.name for d in default_schedules()]
     cleanup = PeriodicTask.objects.get(name="Result cleanup")
     cleanup.enabled = False
     cleanup.crontab.hour = "5"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from apps.core.schedules import DEFAULT_SCHEDULES
+from apps.core.schedules import default_schedules
 from project import topology
 from project.celery import app
 from tests.support import rabbit
@@ -16,9 +16,13 @@ ROOT = Path(settings.BASE_DIR)
 
 
 def script_placement(role: str) -> dict:
-    """The -P and -Q flags of a worker start script, as an operator would read them."""
+    """The -P and -Q flags of a worker start script, as an operator would read them (the io role's pool is
+    -P "$IO_POOL", whose default the script names)."""
     text = (ROOT / "compose" / "start" / role).read_text()
-    return {"pool": re.search(r"-P (\w+)", text).group(1), "queues": re.search(r"-Q ([\w,]+)", text).group(1).split(",")}
+    pool = re.search(r'^exec celery .* -P (\w+|"\$IO_POOL")', text, re.M).group(1)
+    if pool == '"$IO_POOL"':
+        pool = re.search(r'^IO_POOL="\$\{IO_POOL:-(\w+)\}"', text, re.M).group(1)
+    return {"pool": pool, "queues": re.search(r"-Q ([\w,]+)", text).group(1).split(",")}
 
 
 def test_every_registered_task_routes_to_a_declared_queue_that_a_role_consumes():
@@ -56,7 +60,7 @@ def test_missing_queues_are_never_created_and_serialization_is_json_only():
 
 def test_every_seeded_schedule_names_a_registered_task_with_json_arguments_that_bind():
     app.loader.import_default_modules()
-    for default in DEFAULT_SCHEDULES:
+    for default in default_schedules():
         assert default.task in app.tasks, f"schedule {default.name!r} names unknown task {default.task!r}"
         kwargs = json.loads(json.dumps(default.kwargs))
         assert kwargs == default.kwargs

@@ -25,3 +25,5 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path):
         result = report[f"end_to_end_{children}_children"]
         assert result["rows"] == 3000 and result["chunks"] >= 2 and result["peak_child_rss_mib_getrusage"] > 0
     assert report["ratio_2_vs_1_children"] > 0 and report["ratio_end_to_end_1_children_vs_in_process"] > 0
+    assert report["duckdb_summarize_2_threads"]["columns"] == report["polars_describe_n_unique"]["columns"] == 10
+    assert report["time_end_to_end_2_children_vs_duckdb_summarize"] > 0

@@ -134,3 +134,20 @@ def test_a_corrupt_parquet_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"PAR1" + b"\x00garbage" * 100)
     with pytest.raises(DatasetInputError, match="is not a valid Parquet file"):
         profile_in_process(str(path), tmp_path / "w", Limits())
+
+
+def test_a_chunk_processed_again_says_so_and_the_profile_is_unchanged(known_csv, tmp_path):
+    """A redelivered chunk (its worker was cut off after it ran) is processed again: the caller must not
+    count its rows twice (services.profile_chunk reads ``done_before``), and the merge sees one copy."""
+    from apps.datasets import pipeline
+
+    limits = Limits(chunk_bytes=1024)
+    reference = profile_in_process(str(known_csv), tmp_path / "ref", limits)
+    workdir = tmp_path / "w"
+    plan = pipeline.plan_import(str(known_csv), workdir, limits)
+    first = [pipeline.process_chunk(plan, chunk, workdir, limits) for chunk in plan.chunks]
+    again = pipeline.process_chunk(plan, plan.chunks[0], workdir, limits)
+    assert not any(result["done_before"] for result in first) and again["done_before"]
+    profile = pipeline.merge_chunks(plan, workdir, limits, {"peak_rss_kib": 0})
+    assert profile["rows"] == reference["rows"] == 1010
+    assert profile["duplicate_rows"] == reference["duplicate_rows"]

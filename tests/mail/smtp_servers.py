@@ -14,7 +14,6 @@ N is the number after "+" in the local part (default: always).
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections import Counter
@@ -22,14 +21,10 @@ from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
 
+from tests.support.net import free_port
+
 SLOW_SECONDS = 30
 BULK_DELAY = 0.2
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

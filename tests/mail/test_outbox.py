@@ -1,10 +1,13 @@
 """The outbox without a worker: what is stored, what is refused, idempotency, the guarded transitions."""
 import json
+from contextlib import nullcontext
 
 import pytest
 from django.core import mail as django_mail
 from django.core.mail import EmailMultiAlternatives
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from apps.mail import services, throttle
@@ -47,6 +50,38 @@ def test_same_idempotency_key_never_makes_a_second_message(no_publish):
     assert (created1, created2) == (True, False)
     assert second.pk == first.pk and second.subject == "one"
     assert Message.objects.count() == 1 and no_publish == [first.pk]
+
+
+def test_a_new_message_is_one_insert_after_the_key_lookup(no_publish):
+    """The HTTP enqueue path pays per statement: a keyed message is the key lookup and one INSERT, an
+    unkeyed one a single INSERT (get_or_create in a transaction was 7 and 6)."""
+    for key, expected in (("few-1", ["SELECT", "INSERT"]), (None, ["INSERT"])):
+        with CaptureQueriesContext(connection) as queries:
+            services.enqueue(to=["a@example.com"], subject="s", body="b", idempotency_key=key)
+        assert [q["sql"].split()[0] for q in queries.captured_queries] == expected, queries.captured_queries
+    assert len(no_publish) == 2
+
+
+@pytest.mark.parametrize("in_callers_transaction", [False, True])
+def test_a_key_stored_by_a_concurrent_request_after_the_lookup_returns_that_message(
+        no_publish, monkeypatch, in_callers_transaction):
+    """The race get_or_create used to absorb: another request inserts the same key between this one's
+    lookup and its INSERT (here: while this one validates its input). The first stored message stands, and
+    a caller's own transaction survives the duplicate key (the savepoint takes the IntegrityError)."""
+    validate = services.validation.recipients
+
+    def concurrent_insert(*args):
+        validate(*args)
+        Message.objects.create(idempotency_key="raced", to=["first@example.com"], subject="first",
+                               task_id="t-first")
+
+    monkeypatch.setattr(services.validation, "recipients", concurrent_insert)
+    with transaction.atomic() if in_callers_transaction else nullcontext():
+        message, created = services.enqueue(to=["second@example.com"], subject="second", body="b",
+                                            idempotency_key="raced")
+        assert Message.objects.count() == 1  # the caller's transaction still works
+    assert not created and (message.subject, message.task_id) == ("first", "t-first")
+    assert list(Message.objects.values_list("subject", flat=True)) == ["first"] and no_publish == []
 
 
 def test_template_is_rendered_at_enqueue():

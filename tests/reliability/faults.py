@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import rabbit
@@ -19,22 +20,26 @@ class Outcome:
     duplicated: int  # effects applied twice (must be 0)
     dead_lettered: int  # this case's messages in the dead-letter queue
     lost: int  # confirmed, not executed, not dead-lettered (must be 0)
+    dead_reasons: dict[str, str] = field(default_factory=dict)  # dead-lettered key -> x-death reason
+    attempts_by_key: Counter = field(default_factory=Counter)  # key -> task bodies started
 
     def row(self) -> str:
         return (f"| {self.case} | {self.published} | {self.confirmed} | {self.executed} | {self.attempts} | "
                 f"{self.guarded_reruns} | {self.duplicated} | {self.dead_lettered} | {self.lost} |")
 
 
-def dead_letters_of(broker_url: str, queue: str, directory: Path) -> set[str]:
-    """Keys of this case's messages in ``<queue>.dead`` (taken off the queue: the test owns them)."""
+def dead_letters_of(broker_url: str, queue: str, directory: Path) -> dict[str, str]:
+    """This case's messages in ``<queue>.dead`` as {key: x-death reason} (taken off the queue: the test
+    owns them)."""
     import json
 
-    keys = set()
+    reasons = {}
     for message in rabbit.get_messages(broker_url, f"{queue}.dead", limit=10_000):
         args = json.loads(message.body)[0]
         if args and args[0] == str(directory):
-            keys.add(args[1])
-    return keys
+            deaths = (message.headers or {}).get("x-death") or [{}]
+            reasons[args[1]] = str(deaths[0].get("reason", "?"))
+    return reasons
 
 
 def queue_state(broker_url: str, queue: str) -> tuple[int, int]:
@@ -70,14 +75,16 @@ def account(case: str, directory: Path, keys: list[str], confirmed: int, broker_
     effects = {name.removeprefix("effect-") for name in os.listdir(directory) if name.startswith("effect-")}
     attempts_log = directory / "attempts.log"
     reruns_log = directory / "duplicates.log"
-    dead = dead_letters_of(broker_url, queue, directory) - effects
+    dead = {key: reason for key, reason in dead_letters_of(broker_url, queue, directory).items() if key not in effects}
     executed = len(effects & set(keys))
+    attempts = [line.split()[0] for line in attempts_log.read_text().splitlines()] if attempts_log.exists() else []
     outcome = Outcome(
         case=case, published=len(keys) if published is None else published, confirmed=confirmed, executed=executed,
-        attempts=len(attempts_log.read_text().splitlines()) if attempts_log.exists() else 0,
+        attempts=len(attempts),
         guarded_reruns=len(reruns_log.read_text().splitlines()) if reruns_log.exists() else 0,
         duplicated=0,  # an effect file is created once (O_EXCL); a second application is impossible by design
         dead_lettered=len(dead), lost=confirmed - executed - len(dead),
+        dead_reasons=dead, attempts_by_key=Counter(attempts),
     )
     report = Path(os.environ.get("FAULT_REPORT", "var/fault-report.md"))
     report.parent.mkdir(parents=True, exist_ok=True)

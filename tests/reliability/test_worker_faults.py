@@ -12,11 +12,14 @@ import pytest
 from django.db import connection
 
 from apps.core.bulk import enqueue_many
+from project.topology import DATASET, LANES_BY_NAME
 from tests.reliability.faults import account, wait_settled
 from tests.support.tasks import cpu_effect, io_effect
 from tests.support.workers import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+DELIVERY_LIMIT = LANES_BY_NAME[DATASET].delivery_limit
 
 
 def publish(task, directory, count, **kwargs):
@@ -32,8 +35,13 @@ def effects_count(directory) -> int:
 def test_kill_9_of_prefork_children_mid_task_20_times(start_worker, broker_url, tmp_path):
     worker = start_worker("cpu", env={"CPU_CONCURRENCY": "2"})
     keys, confirmed = publish(cpu_effect, tmp_path, 120, seconds=0.3)
+    # Kill only once tasks run: a child killed before the consumer loop starts makes Celery end the whole
+    # worker ("Could not start worker processes", asynloop's did_start_ok check), which is a start failure
+    # for the supervisor, not the mid-task fault this case is about. "ready" is logged just before that check.
+    wait_for(lambda: (tmp_path / "attempts.log").exists(), timeout=60, message="a task started")
     kills = 0
     while kills < 20 and effects_count(tmp_path) < len(keys):
+        worker.assert_alive()  # a worker that exited would leave this loop waiting for effects forever
         children = worker.children()
         if children:
             try:
@@ -48,7 +56,13 @@ def test_kill_9_of_prefork_children_mid_task_20_times(start_worker, broker_url, 
     assert outcome.lost == 0 and outcome.duplicated == 0
     assert outcome.executed + outcome.dead_lettered == len(keys)
     assert outcome.attempts > outcome.executed  # the killed ones really ran again
-    assert outcome.dead_lettered <= 1  # only a message killed more often than x-delivery-limit allows
+    # A message is dead-lettered only when every one of its deliveries was killed: the kills are random, so
+    # how many that is varies (a requeued message comes straight back and can be hit again); what must hold
+    # is that none was dead-lettered before x-delivery-limit ran out, or for another reason.
+    deliveries = DELIVERY_LIMIT + 1
+    assert all(reason == "delivery_limit" for reason in outcome.dead_reasons.values()), outcome.dead_reasons
+    assert {key: outcome.attempts_by_key[key] for key in outcome.dead_reasons} == dict.fromkeys(outcome.dead_reasons, deliveries)
+    assert outcome.dead_lettered * deliveries <= kills
     assert worker.alive() and len(worker.children()) == 2  # the pool replaced its children
 
 
@@ -101,9 +115,8 @@ def test_signature_drift_is_a_visible_failure_not_a_silent_ack(start_worker):
     assert row.status == states.FAILURE and "TypeError" in row.result
 
 
+@pytest.mark.postgresql  # terminates server-side connections (SQLite has none)
 def test_database_connections_terminated_under_load(start_worker, broker_url, tmp_path):
-    if connection.vendor != "postgresql":
-        pytest.skip("terminating server-side connections is a PostgreSQL test (SQLite has none)")
     worker = start_worker("io", env={"IO_CONCURRENCY": "10"})
     keys = [f"k{i}" for i in range(100)]
     results = enqueue_many(io_effect.s(str(tmp_path), key, seconds=0.05, touch_db=True) for key in keys)

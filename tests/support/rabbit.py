@@ -7,8 +7,17 @@ from contextlib import contextmanager
 
 from kombu import Connection, Exchange, Queue
 
+from tests.support import tier
+
+
+# The harness's own connections (reading queues, raw publishes) wait this long for RabbitMQ's handshake:
+# kombu's 5 s was once too short in a CI run while the broker deleted other test vhosts' quorum queues
+# (TimeoutError in read_frame during connect), failing a test that was not about connecting.
+HARNESS_CONNECT_TIMEOUT = 30
+
 
 def rabbitmqctl(*args: str, timeout: float = 180) -> str:
+    tier.forbid_in_fast_tier(f"rabbitmqctl {args[0] if args else ''}")
     result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
@@ -108,7 +117,8 @@ def declare_over_bound(url: str, queue: Queue) -> None:
     """Declare a bounded ``queue`` and fill it one message over its bound. Quorum queues enforce the bound
     approximately: at the bound, a burst of fast publishes from a new channel was accepted here; one over
     it, every publish from a new channel was refused."""
-    with Connection(url, transport_options={"confirm_publish": True}) as connection:
+    with Connection(url, connect_timeout=HARNESS_CONNECT_TIMEOUT,
+                    transport_options={"confirm_publish": True}) as connection:
         queue(connection.default_channel).declare()
         wait_serving(url, [queue.name])
         producer = connection.Producer()
@@ -150,7 +160,7 @@ def list_table(vhost: str, what: str, *columns: str) -> list[list[str]]:
 
 
 def queue_message_count(url: str, queue: str) -> int:
-    with Connection(url) as conn:
+    with Connection(url, connect_timeout=HARNESS_CONNECT_TIMEOUT) as conn:
         channel = conn.channel()
         _, count, _ = channel.queue_declare(queue=queue, passive=True)
         channel.close()
@@ -160,7 +170,7 @@ def queue_message_count(url: str, queue: str) -> int:
 def get_messages(url: str, queue: str, limit: int = 100) -> list:
     """Take up to ``limit`` messages off ``queue`` (acked: the test owns them)."""
     messages = []
-    with Connection(url) as conn:
+    with Connection(url, connect_timeout=HARNESS_CONNECT_TIMEOUT) as conn:
         channel = conn.channel()
         for _ in range(limit):
             message = channel.basic_get(queue=queue, no_ack=True)
@@ -174,7 +184,8 @@ def get_messages(url: str, queue: str, limit: int = 100) -> list:
 def publish_raw(url: str, exchange: str, routing_key: str, body: bytes, headers: dict | None = None,
                 content_type: str = "application/json", content_encoding: str = "utf-8") -> None:
     """Publish bytes exactly as given (no Celery, no serializer), with publisher confirms."""
-    with Connection(url, transport_options={"confirm_publish": True}) as conn:
+    with Connection(url, connect_timeout=HARNESS_CONNECT_TIMEOUT,
+                    transport_options={"confirm_publish": True}) as conn:
         producer = conn.Producer()
         producer.publish(body, exchange=exchange, routing_key=routing_key, headers=headers or {},
                          content_type=content_type, content_encoding=content_encoding,

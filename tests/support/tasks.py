@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+import celery
 from celery import shared_task
 
 from apps.core.tasks import where_am_i
@@ -58,6 +59,14 @@ def cpu_sleep(seconds: float, path: str | None = None):
     return seconds
 
 
+def sleep_in_steps(seconds: float, step: float = 0.1) -> None:
+    """Sleep as a task doing I/O with short timeouts does: a limit can end it on every io pool. (eventlet
+    interrupts any green sleep; on the threads pool a limit waits for the blocking call to return.)"""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(step, left))
+
+
 @shared_task(name="tests.io.sleep", bind=True)
 def io_sleep(self, seconds: float, path: str | None = None, catch_soft: bool = False):
     from celery.exceptions import SoftTimeLimitExceeded
@@ -65,13 +74,13 @@ def io_sleep(self, seconds: float, path: str | None = None, catch_soft: bool = F
     if path:
         mark(path, "start")
     try:
-        time.sleep(seconds)  # green under -P eventlet: the hub can interrupt it
+        sleep_in_steps(seconds)
     except SoftTimeLimitExceeded:
         if path:
             mark(path, "soft")
         if not catch_soft:
             raise
-        time.sleep(seconds)  # ignores the soft limit: only the hard limit can stop it now
+        sleep_in_steps(seconds)  # ignores the soft limit: only the hard limit can stop it now
     if path:
         mark(path, "end")
     return seconds
@@ -153,3 +162,29 @@ def io_block_hub(seconds: float, path: str | None = None):
     if path:
         mark(path, "end")
     return seconds
+
+
+class DiesAfterItsFirstReturn(celery.Task):
+    """After the first run's result (and its chord part) is stored, kill the whole worker, children too,
+    before the message is acked: as a host cut off or lost right after a task ran. RabbitMQ redelivers the
+    message and the task returns a second time."""
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        if open(args[0]).read().count("\n") == 1:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+@shared_task(name="tests.cpu.returns_twice", base=DiesAfterItsFirstReturn)
+def cpu_returns_twice(path: str):
+    mark(path, "ran")
+    return "twice"
+
+
+@shared_task(name="tests.io.worker_internals")
+def io_worker_internals():
+    """What the worker applied from apps/core/compat.py and consumer.py (tests/core/test_compat.py)."""
+    from celery import current_app
+    from celery.worker import loops
+
+    return {"backend": id(current_app.backend),
+            "drain_without_waiting": getattr(loops._quick_drain, "platform_without_waiting", False)}

@@ -11,8 +11,13 @@ from pathlib import Path
 
 from django.conf import settings
 
+from tests.support import tier
+
 ROOT = Path(settings.BASE_DIR)
 LOG_DIR = ROOT / "var" / "test-logs"
+# The io role's pool in this run: compose/start/io reads IO_POOL, and every worker the tests start inherits
+# this process's environment (bin/test's threads pass sets IO_POOL=threads). Tests that check the pool ask here.
+IO_POOL = os.environ.get("IO_POOL", "eventlet")
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.2, message: str = "condition"):
@@ -59,6 +64,7 @@ class ProcessRole:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ProcessRole":
+        tier.forbid_in_fast_tier(f"starting compose/start/{self.role}")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(ROOT / "compose" / "start" / self.role)], cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -69,6 +75,11 @@ class ProcessRole:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def assert_alive(self) -> None:
+        if not self.alive():
+            raise AssertionError(f"{self.nodename} exited with {self.proc.returncode if self.proc else None}:\n"
+                                 f"{self.log()[-6000:]}")
 
     @property
     def pid(self) -> int:
@@ -109,8 +120,7 @@ class Worker(ProcessRole):
         from project.celery import app
 
         def answered():
-            if not self.alive():
-                raise AssertionError(f"worker {self.nodename} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            self.assert_alive()
             return app.control.ping(destination=[self.nodename], timeout=0.5)
 
         wait_for(answered, timeout=timeout, interval=0.1, message=f"worker {self.nodename} to answer a ping")

@@ -150,7 +150,8 @@ def test_sentry_receives_task_errors_when_sentry_dsn_is_set(tracing_stack, sentr
 
 
 def test_an_asgi_request_starts_the_trace_too(tracing_stack, otlp_receiver, async_client, settings):
-    """The web role serves ASGI (uvicorn): the request span and its task must be linked there as well."""
+    """Under Django's ASGI handler (PLATFORM_WEB_HTTP=asgi; WebSockets always) the request span and its task
+    are linked as under WSGI, which the web role serves plain HTTP on (project/asgi.py)."""
     from asgiref.sync import async_to_sync
 
     settings.ROOT_URLCONF = "tests.tracing.urls"

@@ -76,7 +76,8 @@ def test_broker_outage_keeps_batches_bounded_drops_with_a_counter_and_catches_up
         with tracing.span("work.outage", i=i):
             pass
     assert buffer.flush() is False  # publishing failed: nothing lost yet beyond the bound
-    assert buffer.dropped == 30 and buffer.waiting == 50 and buffer.publish_failures == 1
+    # The flusher thread, woken once 10 spans wait, may have tried (and failed) too: a CI run saw 2.
+    assert buffer.dropped == 30 and buffer.waiting == 50 and buffer.publish_failures >= 1
     publisher.down = False
     assert buffer.flush() is True
     published = sorted(r["attributes"]["i"] for r in publisher.records)

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from apps.core.schedules import DEFAULT_SCHEDULES, seed_schedules
+from apps.core.schedules import default_schedules, seed_schedules
 
 
 class Command(BaseCommand):
@@ -8,5 +8,5 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         created = seed_schedules()
-        kept = len(DEFAULT_SCHEDULES) - len(created)
+        kept = len(default_schedules()) - len(created)
         self.stdout.write(f"schedules: {len(created)} created, {kept} already present (left as they are)")

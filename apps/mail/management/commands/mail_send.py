@@ -36,7 +36,7 @@ class Command(PublishingCommand):
             )
         except services.MailInputError as exc:
             raise CommandError(str(exc)) from exc
-        verb = "queued" if created else "already exists (same idempotency key), nothing new queued:"
+        verb = "queued" if created else "already exists (same idempotency key), not stored again:"
         self.stdout.write(f"message {message.pk} {verb} status={message.status}")
         if not options["wait"]:
             return
