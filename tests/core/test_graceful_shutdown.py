@@ -40,7 +40,7 @@ def start(role, url, db_url, **env):
 def sigterm_while_running(worker: Worker, path) -> None:
     wait_for(lambda: "start" in marks(path), timeout=60, message="the task to start")
     worker.kill(signal.SIGTERM)  # to the main process only, as the kubelet signals PID 1
-    worker.proc.wait(timeout=WINDOW + 60)
+    worker.wait_exit(timeout=WINDOW + 60)
     worker.stop()
 
 

@@ -59,9 +59,13 @@ def test_kill_9_of_prefork_children_mid_task_20_times(start_worker, broker_url, 
     # A message is dead-lettered only when every one of its deliveries was killed: the kills are random, so
     # how many that is varies (a requeued message comes straight back and can be hit again); what must hold
     # is that none was dead-lettered before x-delivery-limit ran out, or for another reason.
+    # Each of its deliveries cost one kill; its body started on at most that many of them (a child killed
+    # between taking the job and the task's first line loses a delivery the attempts log never saw: a local
+    # run dead-lettered one with 3 attempts logged), and never finished.
     deliveries = DELIVERY_LIMIT + 1
     assert all(reason == "delivery_limit" for reason in outcome.dead_reasons.values()), outcome.dead_reasons
-    assert {key: outcome.attempts_by_key[key] for key in outcome.dead_reasons} == dict.fromkeys(outcome.dead_reasons, deliveries)
+    started = {key: outcome.attempts_by_key[key] for key in outcome.dead_reasons}
+    assert all(count <= deliveries for count in started.values()), started
     assert outcome.dead_lettered * deliveries <= kills
     assert worker.alive() and len(worker.children()) == 2  # the pool replaced its children
 
@@ -91,7 +95,7 @@ def test_warm_shutdown_under_load_redelivers_interrupted_work(start_worker, brok
     keys, confirmed = publish(task, tmp_path, 80, seconds=0.3)
     wait_for(lambda: effects_count(tmp_path) >= 5, timeout=60, message="work in progress")
     worker.kill(signal.SIGTERM)  # soft shutdown (5 s in tests): finish what runs, give back what is reserved
-    worker.proc.wait(timeout=120)
+    worker.wait_exit(timeout=120)
     start_worker(role, env={"CPU_CONCURRENCY": "2", "IO_CONCURRENCY": "20"})
     wait_for(lambda: effects_count(tmp_path) == len(keys), timeout=180, message="every task after the restart")
     outcome = account(f"warm shutdown (SIGTERM) of the {role} worker, restart", tmp_path, keys, confirmed, broker_url, queue)

@@ -92,6 +92,27 @@ class ProcessRole:
             return []
         return [int(pid) for pid in out.split()]
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to exit; if it does not, fail with what it was doing: the Python stacks of
+        it and its children (py-spy) and its log, so a shutdown that hangs in CI says where."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.nodename} (pid {self.pid}) still running {timeout}s after the signal.\n"
+                                 f"{self.stacks()}\n--- log tail ---\n{self.log()[-8000:]}") from None
+
+    def stacks(self) -> str:
+        """py-spy dumps of the process and its children (py-spy is in requirements/local.txt for this)."""
+        py_spy = ROOT / ".venv" / "bin" / "py-spy"
+        dumps = []
+        for pid in [self.pid, *self.children()]:
+            try:
+                out = subprocess.run([str(py_spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+                dumps.append(f"--- py-spy dump {pid} ---\n{out.stdout}{out.stderr}")
+            except (OSError, subprocess.TimeoutExpired) as error:
+                dumps.append(f"--- py-spy dump {pid}: {error!r}")
+        return "\n".join(dumps)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the main process only (kill -9 of the worker; its children are orphaned as in real life)."""
         if self.alive():
