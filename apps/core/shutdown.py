@@ -20,12 +20,24 @@ deliveries stay unacked), running tasks get the same ``worker_soft_shutdown_time
 the worker stops as in a warm shutdown (sooner than Celery's fixed wait); if some still run at the end of
 the window the process exits at once without acking them, so RabbitMQ requeues them when the connection
 drops, as it would after the kubelet's SIGKILL.
+
+On every pool the first shutdown signal also arms a deadline (``arm_shutdown_deadline``): a worker still
+running ``PLATFORM_SHUTDOWN_OVERRUN_SECONDS`` after its window writes the Python stack of every thread to
+its log and exits 1 (``faulthandler``, a C watchdog thread that works while the main thread is stuck).
+Celery runs its whole cold shutdown inside the signal handler, on top of whatever the main thread was
+doing, and once (a CI run, prefork) a worker was still running 120 s after SIGTERM and ignored the next
+SIGTERM; the cause was not reproduced. Its unacked messages requeue when the connection drops, and the
+children die with it (Celery sets their parent-death signal), so nothing is lost and the log says where it
+was stuck; the overrun is less than topology.SHUTDOWN_MARGIN_SECONDS, so this comes before the kubelet's
+SIGKILL.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
+import sys
 import time
 
 from celery import signals
@@ -38,6 +50,25 @@ logger = get_logger(__name__)
 SHUTDOWN_SIGNALS = ("SIGTERM", "SIGQUIT")
 EXIT_WITH_TASKS_REQUEUED = 1
 POLL_SECONDS = 0.2
+# How long after the soft-shutdown window a worker that has not exited counts as stuck.
+SHUTDOWN_OVERRUN_SECONDS = float(os.environ.get("PLATFORM_SHUTDOWN_OVERRUN_SECONDS", 20))
+
+
+def arm_shutdown_deadline(window: float) -> None:
+    """Exit 1 with every thread's stack in the log if the process still runs ``window`` + the overrun from now."""
+    faulthandler.dump_traceback_later(window + SHUTDOWN_OVERRUN_SECONDS, exit=True, file=sys.__stderr__)
+
+
+def _arming(handler, window: float, armed: list):
+    """``handler`` (Celery's, for a shutdown signal), arming the deadline first; ``armed`` is shared by the
+    signals of one worker, so the deadline counts from the first of them."""
+    def arm_then_handle(signum, frame):
+        if not armed:
+            armed.append(signum)
+            arm_shutdown_deadline(window)
+        return handler(signum, frame)
+
+    return arm_then_handle
 
 
 def _on_threads_pool(consumer) -> bool:
@@ -49,7 +80,8 @@ def _on_threads_pool(consumer) -> bool:
 
 @signals.worker_ready.connect
 def own_the_soft_shutdown_on_eventlet(sender=None, **kwargs) -> None:
-    """Replace Celery's SIGTERM/SIGQUIT handlers (installed before worker_ready) on eventlet and threads workers."""
+    """Replace Celery's SIGTERM/SIGQUIT handlers (installed before worker_ready) on eventlet and threads
+    workers; on prefork, wrap them (and SIGINT's) so the first one arms the shutdown deadline."""
     if running_on_eventlet():
         import eventlet
 
@@ -61,7 +93,13 @@ def own_the_soft_shutdown_on_eventlet(sender=None, **kwargs) -> None:
             threading.Thread(target=target, args=args, name="platform-soft-shutdown", daemon=True).start()
 
         sleep = time.sleep
-    else:
+    else:  # prefork: Celery's own soft shutdown, with the deadline armed first
+        window, armed = float(sender.app.conf.worker_soft_shutdown_timeout), []
+        for name in (*SHUTDOWN_SIGNALS, "SIGINT"):
+            signum = getattr(signal, name)
+            current = signal.getsignal(signum)
+            if callable(current):  # Celery's handler; a default or ignored signal keeps its meaning
+                signal.signal(signum, _arming(current, window, armed))
         return
     handler = _start_soft_shutdown(sender, spawn, sleep)
     for name in SHUTDOWN_SIGNALS:
@@ -75,6 +113,7 @@ def _start_soft_shutdown(consumer, spawn, sleep):
         if started:  # one soft shutdown; the kubelet's SIGKILL ends it if it ever overruns
             return
         started.append(signum)
+        arm_shutdown_deadline(float(consumer.app.conf.worker_soft_shutdown_timeout))
         consumer.holding = True
         spawn(_finish_or_give_back, consumer, sleep)
 

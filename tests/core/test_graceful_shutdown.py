@@ -40,8 +40,10 @@ def start(role, url, db_url, **env):
 def sigterm_while_running(worker: Worker, path) -> None:
     wait_for(lambda: "start" in marks(path), timeout=60, message="the task to start")
     worker.kill(signal.SIGTERM)  # to the main process only, as the kubelet signals PID 1
-    worker.wait_exit(timeout=WINDOW + 60)
-    worker.stop()
+    try:
+        worker.wait_exit(timeout=WINDOW + 60)
+    finally:
+        worker.stop()
 
 
 @pytest.mark.parametrize("role, task, queue", CASES)
@@ -86,3 +88,26 @@ def test_a_task_longer_than_the_window_is_requeued_and_runs_once_elsewhere(worke
 
 def rabbit_vhost(url: str) -> str:
     return url.rsplit("/", 1)[1]
+
+
+def test_a_shutdown_stuck_after_its_window_exits_with_every_stack_in_the_log(worker_db_url, tmp_path):
+    """apps/core/shutdown.py's deadline: a worker still running its overrun after the window writes where it
+    is stuck and exits 1; its running task's message was never acked, so RabbitMQ has it back."""
+    path = tmp_path / "marks.log"
+    with rabbit.own_vhost("platform-k8s") as url:
+        worker = start("cpu", url, worker_db_url, CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT="1",
+                       PLATFORM_SHUTDOWN_OVERRUN_SECONDS="3", TEST_HANG_AT_SHUTDOWN="1")
+        cpu_sleep.delay(60, str(path))
+        wait_for(lambda: "start" in marks(path), timeout=60, message="the task to start")
+        worker.kill(signal.SIGTERM)
+        try:
+            exit_code = worker.wait_exit(timeout=60)  # without the deadline: stuck for the receiver's hour
+        finally:
+            worker.stop()
+        log = worker.log()
+        assert exit_code == 1
+        assert "Timeout (0:00:04)!" in log  # faulthandler's header: window 1 s + overrun 3 s
+        assert "in hang_at_shutdown" in log  # the stack of the stuck main thread
+        wait_for(lambda: messages_in(rabbit_vhost(url), "dataset") == 1, timeout=30,
+                 message="the cancelled task's message back in its queue")
+        assert marks(path) == ["start"]

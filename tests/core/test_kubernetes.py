@@ -18,7 +18,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from apps.core import probes
+from apps.core import probes, shutdown
 from project import topology
 from project.celery import app
 from tests.support.kustomize import build, containers, load_documents, read_env_file
@@ -245,6 +245,8 @@ def test_termination_grace_comes_from_the_role_shutdown_window_which_covers_its_
     window = topology.ROLES[role]["soft_shutdown_seconds"]
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] == topology.termination_grace_seconds(role)
     assert topology.termination_grace_seconds(role) > window
+    # A stuck shutdown exits by itself, with its stacks in the log, before the kubelet's SIGKILL.
+    assert window + shutdown.SHUTDOWN_OVERRUN_SECONDS < topology.termination_grace_seconds(role)
     # Every task the role runs can end within its own hard limit inside the window.
     assert window >= longest_hard_time_limit(role)
     compose = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())["services"][role]

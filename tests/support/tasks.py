@@ -15,6 +15,15 @@ from celery import shared_task
 from apps.core.tasks import where_am_i
 
 
+@celery.signals.worker_shutting_down.connect
+def hang_at_shutdown(**kwargs) -> None:
+    """A worker started with TEST_HANG_AT_SHUTDOWN=1 gets stuck in its shutdown (Celery sends this signal from
+    its shutdown handler, after the soft-shutdown window): the shutdown deadline's test
+    (tests/core/test_graceful_shutdown.py) needs a stuck shutdown on cue."""
+    if os.environ.get("TEST_HANG_AT_SHUTDOWN") == "1":
+        time.sleep(3600)
+
+
 def mark(path: str, text: str = "") -> None:
     with open(path, "a") as f:
         f.write(f"{time.time():.3f} {os.getpid()} {text}\n")
