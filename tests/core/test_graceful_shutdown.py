@@ -90,6 +90,7 @@ def rabbit_vhost(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
+@pytest.mark.filterwarnings("ignore:.*shutdown deadline hit")  # expected here; anywhere else it is news
 def test_a_shutdown_stuck_after_its_window_exits_with_every_stack_in_the_log(worker_db_url, tmp_path):
     """apps/core/shutdown.py's deadline: a worker still running its overrun after the window writes where it
     is stuck and exits 1; its running task's message was never acked, so RabbitMQ has it back."""

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 from django.conf import settings
@@ -132,6 +133,15 @@ class ProcessRole:
             pass
         self.proc.wait(timeout=10)
         self._log.close()
+        self.warn_if_shutdown_overran()
+
+    def warn_if_shutdown_overran(self) -> None:
+        """A worker that hit its shutdown deadline (apps/core/shutdown.py) left its stacks in its log: shown in
+        the run's warnings summary, so a stuck shutdown that a test survives is still seen, with where."""
+        log = self.log()
+        at = log.find("Timeout (")
+        if at >= 0 and "most recent call first" in log[at:]:
+            warnings.warn(f"{self.nodename}: shutdown deadline hit; its stacks:\n{log[at:at + 6000]}", stacklevel=2)
 
 
 class Worker(ProcessRole):
