@@ -16,6 +16,7 @@ from django.conf import settings
 from apps.core import compat
 from apps.core.broker import declare_dead_letter_queues
 from apps.core.delays import ensure_delay_topology
+from apps.core.green_stacks import log_green_stacks_on_sigusr1  # noqa: F401 - connects worker_ready
 from apps.core.probes import ProbeFiles
 from apps.core.shutdown import own_the_soft_shutdown_on_eventlet  # noqa: F401 - connects worker_ready
 from apps.core.tasks import running_on_eventlet

@@ -133,7 +133,18 @@ class Load:
                 worker.assert_alive()
             return all(set(self.confirmed_keys(lane)) <= set(self.effects(lane)) for lane in LANES)
 
-        wait_for(done, timeout=timeout, interval=0.5, message="every confirmed task to run")
+        try:
+            wait_for(done, timeout=timeout, interval=0.5, message="every confirmed task to run")
+        except AssertionError as timeout_error:
+            raise AssertionError(f"{timeout_error}; {self.missing()}\n{where_workers_wait(workers)}") from None
+
+    def missing(self) -> str:
+        """Per lane: confirmed publishes without an effect, and the first few of their keys."""
+        parts = []
+        for lane in LANES:
+            keys = sorted(set(self.confirmed_keys(lane)) - set(self.effects(lane)), key=lambda k: int(k[1:]))
+            parts.append(f"{lane}: {len(keys)} confirmed without an effect {keys[:5]}")
+        return "; ".join(parts)
 
     def account(self, case: str, broker_url: str, fault_at: float) -> Outcome:
         executed = guarded = dead = lost = 0
@@ -170,3 +181,18 @@ class Load:
                 print(f"  slow publish {p.key}: started {p.started - fault_at:+.1f}s, answered after "
                       f"{p.answered - p.started:.1f}s {p.error[:200]}")
         return outcome
+
+
+def where_workers_wait(workers) -> str:
+    """What each worker is doing: SIGUSR1 (Celery's thread stacks; on eventlet also every green thread's,
+    apps/core/green_stacks.py) into its log, py-spy of its processes, and its log's tail."""
+    import signal
+
+    out = []
+    for worker in workers:
+        if worker.alive():
+            worker.kill(signal.SIGUSR1)
+    time.sleep(2)
+    for worker in workers:
+        out.append(f"=== {worker.nodename}\n{worker.stacks()}\n--- log tail ---\n{worker.log()[-12000:]}")
+    return "\n".join(out)
