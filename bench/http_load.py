@@ -54,12 +54,18 @@ SERVERS = {
     "asgi-1": {"PLATFORM_WEB_HTTP": "asgi", "WEB_CONCURRENCY": "1", "DATABASE_CONN_MAX_AGE": "0"},
     # one lever of the platform's web role changed at a time
     "platform-1proc": {"WEB_CONCURRENCY": "1"},
+    "platform-2threads": {"WEB_THREADS": "2"},
+    "platform-4threads": {"WEB_THREADS": "4"},
     "platform-8threads": {"WEB_THREADS": "8"},
     "platform-32threads": {"WEB_THREADS": "32"},
     "platform-noreuse": {"DATABASE_CONN_MAX_AGE": "0"},
+    "platform-a2wsgi": {"PLATFORM_WEB_HTTP": "a2wsgi"},  # the general WSGI-in-ASGI adapter (the role until 2026-12-05)
     "platform-asgi": {"PLATFORM_WEB_HTTP": "asgi"},  # Django's ASGI handler, one process per core, reuse on
     "gunicorn": None,  # started by hand below: not a start script
+    "granian": None,  # likewise
+    "granian-asgi": None,  # likewise: the platform's ASGI app (HTTP and WebSocket) under granian
 }
+PHASES = ("task GET", "mail GET", "mail POST", "mail POST delivering")
 
 WRK_SCRIPT = r"""
 -- Counts answers by status in every thread; POST bodies carry a unique idempotency key per request.
@@ -114,6 +120,7 @@ def parse_args():
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: by size)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--servers", default="platform,asgi-1", help=f"comma-separated, from {', '.join(SERVERS)}")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, from {', '.join(PHASES)}")
     parser.add_argument("--backpressure", action="store_true", help="also run the 429 phase (platform server)")
     parser.add_argument("--json", help="write the figures here")
     return parser.parse_args()
@@ -171,10 +178,20 @@ class Server:
         env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
                "DJANGO_SETTINGS_MODULE": "project.settings.test", "CELERY_BROKER_URL": broker_url,
                "DATABASE_URL": db_url, "WEB_PORT": str(self.port), "LOG_LEVEL": "WARNING"}
-        if SERVERS[name] is None:
+        if name == "gunicorn":
             env["DATABASE_CONN_MAX_AGE"] = "300"
             command = ["gunicorn", "project.wsgi:application", "-k", "gthread", "-w", str(os.cpu_count() or 1),
                        "--threads", "16", "-b", f"127.0.0.1:{self.port}", "--log-level", "warning"]
+        elif name == "granian":  # Rust HTTP server calling the WSGI app on its own threads (no WebSocket)
+            env["DATABASE_CONN_MAX_AGE"] = "300"
+            command = ["granian", "--interface", "wsgi", "project.wsgi:application", "--workers",
+                       str(os.cpu_count() or 1), "--blocking-threads", "16", "--host", "127.0.0.1",
+                       "--port", str(self.port), "--no-ws", "--log-level", "warning"]
+        elif name == "granian-asgi":
+            env["DATABASE_CONN_MAX_AGE"] = "300"
+            command = ["granian", "--interface", "asgi", "project.asgi:application", "--workers",
+                       str(os.cpu_count() or 1), "--host", "127.0.0.1", "--port", str(self.port), "--log-level",
+                       "warning"]
         else:
             env.update(SERVERS[name])
             command = [str(ROOT / "compose" / "start" / "web")]
@@ -264,13 +281,17 @@ def in_process_costs(token: str, task_id: str, message_id: int, n: int) -> dict:
     from django.db import connection
     from rest_framework import serializers
 
-    from apps.core.serializers import CachedFieldsModelSerializer
+    from apps.core.serializers import OutputModelSerializer
 
-    cached_get_fields = CachedFieldsModelSerializer.get_fields
+    ours = {name: getattr(OutputModelSerializer, name) for name in ("get_fields", "to_representation")}
+
+    def drf_serializers(on: bool) -> None:
+        for name, method in ours.items():
+            setattr(OutputModelSerializer, name, method if on else getattr(serializers.ModelSerializer, name))
+
     levers = {
         "as shipped": lambda on: None,
-        "fields built per request": lambda on: setattr(
-            CachedFieldsModelSerializer, "get_fields", cached_get_fields if on else serializers.ModelSerializer.get_fields),
+        "DRF's ModelSerializer": drf_serializers,
         "token looked up per request": lambda on: setattr(settings, "API_TOKEN_CACHE_SECONDS", 5 if on else 0),
         "new connection per request": lambda on: (connection.settings_dict.__setitem__("CONN_MAX_AGE", 300 if on else 0),
                                                   connection.close()),  # the age is read when connecting
@@ -391,6 +412,8 @@ def main():
                                             ("mail GET", "GET", f"/api/v1/mail/messages/{message.pk}/"),
                                             ("mail POST", "POST", "/api/v1/mail/messages/"),
                                             ("mail POST delivering", "POST", "/api/v1/mail/messages/")):
+                    if label not in args.phases.split(","):
+                        continue
                     prefix = f"load-{name}-{uuid.uuid4().hex[:6]}"
                     idle = label == "mail POST"  # workers idle: the io worker does not consume mail meanwhile
                     if idle:

@@ -112,7 +112,8 @@ def effects(tmp_path):
 ONCE_PER_RUN = {
     "tests/core/test_kubernetes.py",  # manifests and schemas, no database at all
     "tests/core/test_worker_probes.py",  # probe files written by a worker's own timer
-    "tests/core/test_graceful_shutdown.py",  # what a worker does with SIGTERM
+    "tests/core/test_graceful_shutdown.py",
+    "tests/core/test_green_stacks.py",  # what a worker does with SIGTERM
     "tests/core/test_consumer_channel_errors.py",  # what a worker does with a broker channel error
     "tests/core/test_run_command.py",  # bin/run starts its own stack on its own SQLite file
     "tests/control/test_console_browser.py",  # a browser driving the page
@@ -143,6 +144,7 @@ NEEDS_BROKER = {
     "tests/core/test_consumer_channel_errors.py",
     "tests/core/test_golden_messages.py",
     "tests/core/test_graceful_shutdown.py",
+    "tests/core/test_green_stacks.py",
     "tests/core/test_run_command.py",
     "tests/core/test_worker_probes.py",
     "tests/datasets/test_bench.py",

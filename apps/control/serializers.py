@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from apps.control import states
 from apps.control.models import ControlAction, DeadLetter, TaskRecord
-from apps.core.serializers import CachedFieldsModelSerializer
+from apps.core.serializers import OutputModelSerializer
 from project import topology
 
 MAX_PAGE_SIZE = 500
@@ -44,7 +44,7 @@ class TaskFilterSerializer(PageParams):
         return attrs
 
 
-class TaskSerializer(CachedFieldsModelSerializer):
+class TaskSerializer(OutputModelSerializer):
     owner = serializers.CharField(source="owner.get_username", default=None, read_only=True)
     progress = serializers.SerializerMethodField()
 
@@ -77,7 +77,7 @@ class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
 
 
-class DeadLetterSerializer(CachedFieldsModelSerializer):
+class DeadLetterSerializer(OutputModelSerializer):
     class Meta:
         model = DeadLetter
         fields = ["id", "dead_letter_queue", "queue", "reason", "detail", "task_id", "task_name", "exchange",
@@ -118,7 +118,7 @@ class PauseSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
 
 
-class AuditSerializer(CachedFieldsModelSerializer):
+class AuditSerializer(OutputModelSerializer):
     class Meta:
         model = ControlAction
         fields = ["id", "at", "actor_name", "action", "target", "params", "outcome"]

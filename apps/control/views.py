@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from apps.control import metrics, selectors, services
 from apps.control.errors import NotFound
-from apps.control.models import ControlAction, DeadLetter
+from apps.control.models import ControlAction, DeadLetter, TaskRecord
 from apps.control.serializers import (
     AuditSerializer,
     CancelSerializer,
@@ -79,10 +79,10 @@ class TaskListView(ControlView):
 
 
 def _task_for(request, task_id):
-    record = selectors.tasks_visible_to(request.user).select_related("owner").filter(task_id=task_id).first()
-    if record is None:
-        raise NotFound(f"no task with id {task_id!r}")
-    return record
+    try:  # get(), not filter().first(): task_id is unique, and the model's ordering would be built and run
+        return selectors.tasks_visible_to(request.user).select_related("owner").get(task_id=task_id)
+    except TaskRecord.DoesNotExist:
+        raise NotFound(f"no task with id {task_id!r}") from None
 
 
 class TaskDetailView(ControlView):

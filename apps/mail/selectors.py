@@ -8,7 +8,10 @@ from apps.mail.sink import mailbox_dir
 
 
 def message_by_id(message_id: int) -> Message | None:
-    return Message.objects.filter(pk=message_id).first()
+    try:  # get(), not filter().first(): no ORDER BY to build and run for a primary key
+        return Message.objects.get(pk=message_id)
+    except Message.DoesNotExist:
+        return None
 
 
 def captured_mail(limit: int = 20) -> list[Path]:

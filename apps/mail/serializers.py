@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from apps.core.serializers import CachedFieldsModelSerializer
+from apps.core.serializers import OutputModelSerializer
 from apps.mail.models import Message
 
 
@@ -25,7 +25,7 @@ class MessageIn(serializers.Serializer):
     bulk = serializers.BooleanField(required=False, default=False)
 
 
-class MessageOut(CachedFieldsModelSerializer):
+class MessageOut(OutputModelSerializer):
     class Meta:
         model = Message
         fields = ["id", "idempotency_key", "status", "bulk", "from_email", "to", "cc", "subject", "template",

@@ -90,12 +90,44 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
         idempotency_key = validation.no_line_breaks("idempotency_key", str(idempotency_key)).strip()
         if not idempotency_key or len(idempotency_key) > 200:
             raise MailInputError("idempotency_key", "must be 1 to 200 characters")
-        existing = Message.objects.filter(idempotency_key=idempotency_key).first()
-        if existing:
-            if existing.status == Status.QUEUED and existing.last_error.startswith(NOT_ENQUEUED):
-                _publish_now(existing)  # the client's retry after 429, not requeue_stale minutes later
-            return existing, False
+    try:
+        fields = _validated(to=to, cc=cc, bcc=bcc, reply_to=reply_to, from_email=from_email, subject=subject,
+                            body=body, html=html, headers=headers, template=template, context=context,
+                            attachments=attachments)
+    except MailInputError:
+        existing = _stored_under(idempotency_key)  # the key decides: a repeat answers with what it stored
+        if existing is None:
+            raise
+        return existing, False
 
+    # INSERT first, the key looked up only when it is taken: a new message is one statement (the HTTP
+    # enqueue path pays per statement: 7 with get_or_create in a transaction, issue 19). A transaction only
+    # where one is needed: attachments are more rows, and inside a caller's transaction a duplicate key must
+    # not break it (the savepoint takes the IntegrityError).
+    needs_transaction = bool(attachments) or connection.in_atomic_block
+    try:
+        with transaction.atomic() if needs_transaction else nullcontext():
+            message = Message.objects.create(
+                idempotency_key=idempotency_key or f"auto-{uuid.uuid4()}", bulk=bulk, **fields,
+                max_attempts=max_attempts or settings.MAIL_MAX_ATTEMPTS, task_id=str(uuid.uuid4()),
+            )
+            Attachment.objects.bulk_create([
+                Attachment(message=message, filename=a.filename, mimetype=a.mimetype, content=a.content,
+                           size=len(a.content)) for a in attachments or []
+            ])
+            _publish_after_commit(message)
+    except IntegrityError:
+        # The key is taken: a repeat, or a concurrent request that stored it first. The first message stands.
+        existing = _stored_under(idempotency_key)
+        if existing is None:
+            raise
+        return existing, False
+    return message, True
+
+
+def _validated(*, to, cc, bcc, reply_to, from_email, subject, body, html, headers, template, context,
+               attachments) -> dict:
+    """The message's fields as stored, or MailInputError naming the first bad one."""
     to, cc, bcc = (validation.addresses(f, v) for f, v in (("to", to), ("cc", cc), ("bcc", bcc)))
     validation.recipients(to, cc, bcc)
     reply_to = validation.addresses("reply_to", reply_to)
@@ -114,32 +146,17 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
     for attachment in attachments or []:
         validation.no_line_breaks("attachments", attachment.filename)
         validation.attachment_size(attachment.filename, len(attachment.content))
+    return dict(from_email=from_email, to=to, cc=cc, bcc=bcc, reply_to=reply_to, subject=subject, body_text=body,
+                body_html=html, template=template, context=context, headers=headers)
 
-    # One INSERT in the common case (the key was looked up above; an unkeyed message has a fresh one): the
-    # HTTP enqueue path pays per statement (7 with get_or_create in a transaction, 2 now: issue 19). A
-    # transaction only where one is needed: attachments are more rows, and inside a caller's transaction a
-    # duplicate key must not break it (the savepoint takes the IntegrityError).
-    needs_transaction = bool(attachments) or connection.in_atomic_block
-    try:
-        with transaction.atomic() if needs_transaction else nullcontext():
-            message = Message.objects.create(
-                idempotency_key=idempotency_key or f"auto-{uuid.uuid4()}",
-                bulk=bulk, from_email=from_email, to=to, cc=cc, bcc=bcc, reply_to=reply_to, subject=subject,
-                body_text=body, body_html=html, template=template, context=context, headers=headers,
-                max_attempts=max_attempts or settings.MAIL_MAX_ATTEMPTS, task_id=str(uuid.uuid4()),
-            )
-            Attachment.objects.bulk_create([
-                Attachment(message=message, filename=a.filename, mimetype=a.mimetype, content=a.content,
-                           size=len(a.content)) for a in attachments or []
-            ])
-            _publish_after_commit(message)
-    except IntegrityError:
-        # A concurrent request with the same key stored it between the lookup and the INSERT: theirs stands.
-        existing = Message.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
-        if existing is None:
-            raise
-        return existing, False
-    return message, True
+
+def _stored_under(idempotency_key: str | None) -> Message | None:
+    """The message stored under this key, if any. If RabbitMQ refused its delivery task (queue full: that
+    caller got QueueFull, HTTP 429), this repeat publishes it now (and raises QueueFull if still full)."""
+    existing = Message.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
+    if existing and existing.status == Status.QUEUED and existing.last_error.startswith(NOT_ENQUEUED):
+        _publish_now(existing)  # the client's retry after 429, not requeue_stale minutes later
+    return existing
 
 
 # What last_error of a QUEUED message starts with while its delivery task is not in RabbitMQ (refused).

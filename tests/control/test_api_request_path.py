@@ -1,7 +1,10 @@
-"""What the API request path does per call: serializer fields built once per class, the token lookup kept
+"""What the API request path does per call: output serializers built once per class and rendered as DRF would, the token lookup kept
 for a few seconds (and forgotten at once when the token or its user changes here), one query for a task."""
+from datetime import datetime, timezone
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import models
 from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -9,6 +12,7 @@ from rest_framework.test import APIClient
 from apps.control.models import TaskRecord
 from apps.control.serializers import TaskSerializer
 from apps.core import authentication
+from apps.core.serializers import OutputModelSerializer
 from apps.mail.models import Message
 from apps.mail.serializers import MessageOut
 
@@ -31,15 +35,78 @@ def staff_client():
     return client
 
 
-def test_output_serializers_build_their_fields_once_and_say_the_same_as_drf(monkeypatch):
-    message = Message.objects.create(idempotency_key="k", from_email="a@example.com", to=["b@example.com"],
-                                     subject="s", body_text="b", task_id="t")
+def _every_output_serializer(cls=OutputModelSerializer):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _every_output_serializer(sub)
 
-    class PlainMessageOut(serializers.ModelSerializer):
-        class Meta(MessageOut.Meta):
-            pass
 
-    assert MessageOut(message).data == PlainMessageOut(message).data
+def _sample(model, variant: int):
+    """An unsaved instance with a value of its type in every concrete field (variant 1: None where allowed)."""
+    when = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    instance = model()
+    for field in model._meta.concrete_fields:
+        if field.is_relation:
+            continue
+        if variant == 1 and field.null:
+            value = None
+        elif isinstance(field, models.DateTimeField):
+            value = when
+        elif isinstance(field, models.BooleanField):
+            value = variant == 0
+        elif isinstance(field, models.FloatField):
+            value = 1.25 + variant
+        elif isinstance(field, models.IntegerField):  # every integer kind, the primary key too
+            value = 7 + variant
+        elif isinstance(field, models.BinaryField):
+            value = "body-é".encode() + bytes([0xFF, variant])
+        elif isinstance(field, models.JSONField):
+            value = {"a": [1, "é", None], "b": {"c": 2.5}} if variant == 0 else ["x"]
+        elif field.choices:
+            value = field.choices[variant % len(field.choices)][0]
+        else:
+            value = f"{field.name}-é-{variant}"
+        setattr(instance, field.attname, value)
+    return instance
+
+
+@pytest.mark.parametrize("serializer_cls", sorted(_every_output_serializer(), key=lambda c: c.__name__),
+                         ids=lambda c: c.__name__)
+def test_output_serializers_say_exactly_what_drf_says(serializer_cls):
+    """The fast rendering plan against DRF's own Serializer.to_representation, over every field kind."""
+    model = serializer_cls.Meta.model
+    owner = get_user_model().objects.create_user("owner-é")
+    for variant in (0, 1):
+        instance = _sample(model, variant)
+        if hasattr(instance, "owner_id"):
+            instance.owner = owner if variant == 0 else None
+        ours = serializer_cls(instance)
+        drfs = serializers.ModelSerializer.to_representation(serializer_cls(instance), instance)
+        assert ours.data == drfs
+        assert [type(v) for v in ours.data.values()] == [type(v) for v in drfs.values()]
+        assert list(ours.data) == list(drfs)  # the same order of keys
+
+
+def test_fields_that_need_their_serializer_still_get_it():
+    """A related field and a method that reads the context go through this instance, not the shared plan."""
+    class WithContext(OutputModelSerializer):
+        who = serializers.SerializerMethodField()
+
+        class Meta:
+            model = TaskRecord
+            fields = ["task_id", "owner", "who", "sent_at"]
+
+        def get_who(self, obj) -> str:
+            return self.context["who"]
+
+    user = get_user_model().objects.create_user("u")
+    record = TaskRecord.objects.create(task_id="t-ctx", name="x", owner=user)
+    assert WithContext(record, context={"who": "first"}).data == {
+        "task_id": "t-ctx", "owner": user.pk, "who": "first", "sent_at": None}
+    assert WithContext(record, context={"who": "second"}).data["who"] == "second"
+
+
+def test_output_serializers_build_their_fields_once(monkeypatch):
     built = []
     original = serializers.ModelSerializer.get_fields
     monkeypatch.setattr(serializers.ModelSerializer, "get_fields", lambda self: built.append(1) or original(self))
@@ -49,6 +116,10 @@ def test_output_serializers_build_their_fields_once_and_say_the_same_as_drf(monk
     assert first.fields["owner"].parent is first and second.fields["owner"].parent is second
     TaskSerializer().data  # noqa: B018
     assert len(built) == 1
+    message = Message(idempotency_key="k", from_email="a@example.com", to=["b@example.com"], subject="s")
+    rendered = MessageOut(message)
+    assert rendered.data["to"] == ["b@example.com"]
+    assert "fields" not in rendered.__dict__  # plain model fields: rendered without binding a field
 
 
 def test_a_task_detail_is_one_query_and_a_repeated_token_needs_none(staff_client, django_assert_num_queries):

@@ -47,26 +47,28 @@ def test_enqueue_stores_every_field_and_publishes_once_after_commit(no_publish):
 def test_same_idempotency_key_never_makes_a_second_message(no_publish):
     first, created1 = services.enqueue(to=["a@example.com"], subject="one", body="x", idempotency_key="same")
     second, created2 = services.enqueue(to=["b@example.com"], subject="two", body="y", idempotency_key="same")
-    assert (created1, created2) == (True, False)
-    assert second.pk == first.pk and second.subject == "one"
+    # the key decides, whatever the repeat carries: even input that would be refused under a new key
+    third, created3 = services.enqueue(to=["not-an-address"], subject="three", body="z", idempotency_key="same")
+    assert (created1, created2, created3) == (True, False, False)
+    assert second.pk == third.pk == first.pk and (second.subject, third.subject) == ("one", "one")
     assert Message.objects.count() == 1 and no_publish == [first.pk]
 
 
-def test_a_new_message_is_one_insert_after_the_key_lookup(no_publish):
-    """The HTTP enqueue path pays per statement: a keyed message is the key lookup and one INSERT, an
-    unkeyed one a single INSERT (get_or_create in a transaction was 7 and 6)."""
-    for key, expected in (("few-1", ["SELECT", "INSERT"]), (None, ["INSERT"])):
+def test_a_new_message_is_one_insert_and_a_repeat_its_key_lookup(no_publish):
+    """The HTTP enqueue path pays per statement: a new message, keyed or not, is one INSERT (get_or_create in
+    a transaction was 7; a key lookup first was 2); a repeat of a key is the refused INSERT and the lookup."""
+    for key, expected in (("few-1", ["INSERT"]), (None, ["INSERT"]), ("few-1", ["INSERT", "SELECT"])):
         with CaptureQueriesContext(connection) as queries:
             services.enqueue(to=["a@example.com"], subject="s", body="b", idempotency_key=key)
         assert [q["sql"].split()[0] for q in queries.captured_queries] == expected, queries.captured_queries
-    assert len(no_publish) == 2
+    assert len(no_publish) == 2 and Message.objects.count() == 2
 
 
 @pytest.mark.parametrize("in_callers_transaction", [False, True])
-def test_a_key_stored_by_a_concurrent_request_after_the_lookup_returns_that_message(
+def test_a_key_stored_by_a_concurrent_request_first_returns_that_message(
         no_publish, monkeypatch, in_callers_transaction):
-    """The race get_or_create used to absorb: another request inserts the same key between this one's
-    lookup and its INSERT (here: while this one validates its input). The first stored message stands, and
+    """The race get_or_create used to absorb: another request inserts the same key while this one validates
+    its input. The first stored message stands, and
     a caller's own transaction survives the duplicate key (the savepoint takes the IntegrityError)."""
     validate = services.validation.recipients
 
