@@ -61,9 +61,18 @@ SERVERS = {
     "platform-noreuse": {"DATABASE_CONN_MAX_AGE": "0"},
     "platform-a2wsgi": {"PLATFORM_WEB_HTTP": "a2wsgi"},  # the general WSGI-in-ASGI adapter (the role until 2026-12-05)
     "platform-asgi": {"PLATFORM_WEB_HTTP": "asgi"},  # Django's ASGI handler, one process per core, reuse on
-    "gunicorn": None,  # started by hand below: not a start script
-    "granian": None,  # likewise
-    "granian-asgi": None,  # likewise: the platform's ASGI app (HTTP and WebSocket) under granian
+}
+# References started by hand, not from a start script: the command for (port, processes), connections kept.
+HAND_STARTED = {
+    "gunicorn": lambda port, procs: ["gunicorn", "project.wsgi:application", "-k", "gthread", "-w", procs,
+                                     "--threads", "16", "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+    # a Rust HTTP server calling the WSGI app on its own threads (no WebSocket)
+    "granian": lambda port, procs: ["granian", "--interface", "wsgi", "project.wsgi:application", "--workers", procs,
+                                    "--blocking-threads", "16", "--host", "127.0.0.1", "--port", port, "--no-ws",
+                                    "--log-level", "warning"],
+    # the platform's ASGI app (HTTP and WebSocket) under granian
+    "granian-asgi": lambda port, procs: ["granian", "--interface", "asgi", "project.asgi:application", "--workers",
+                                         procs, "--host", "127.0.0.1", "--port", port, "--log-level", "warning"],
 }
 PHASES = ("task GET", "mail GET", "mail POST", "mail POST delivering")
 
@@ -119,7 +128,7 @@ def parse_args():
     parser.add_argument("--size", choices=SIZES, default="full")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default: by size)")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--servers", default="platform,asgi-1", help=f"comma-separated, from {', '.join(SERVERS)}")
+    parser.add_argument("--servers", default="platform,asgi-1", help=f"comma-separated, from {', '.join([*SERVERS, *HAND_STARTED])}")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, from {', '.join(PHASES)}")
     parser.add_argument("--backpressure", action="store_true", help="also run the 429 phase (platform server)")
     parser.add_argument("--json", help="write the figures here")
@@ -178,20 +187,9 @@ class Server:
         env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
                "DJANGO_SETTINGS_MODULE": "project.settings.test", "CELERY_BROKER_URL": broker_url,
                "DATABASE_URL": db_url, "WEB_PORT": str(self.port), "LOG_LEVEL": "WARNING"}
-        if name == "gunicorn":
+        if name in HAND_STARTED:
             env["DATABASE_CONN_MAX_AGE"] = "300"
-            command = ["gunicorn", "project.wsgi:application", "-k", "gthread", "-w", str(os.cpu_count() or 1),
-                       "--threads", "16", "-b", f"127.0.0.1:{self.port}", "--log-level", "warning"]
-        elif name == "granian":  # Rust HTTP server calling the WSGI app on its own threads (no WebSocket)
-            env["DATABASE_CONN_MAX_AGE"] = "300"
-            command = ["granian", "--interface", "wsgi", "project.wsgi:application", "--workers",
-                       str(os.cpu_count() or 1), "--blocking-threads", "16", "--host", "127.0.0.1",
-                       "--port", str(self.port), "--no-ws", "--log-level", "warning"]
-        elif name == "granian-asgi":
-            env["DATABASE_CONN_MAX_AGE"] = "300"
-            command = ["granian", "--interface", "asgi", "project.asgi:application", "--workers",
-                       str(os.cpu_count() or 1), "--host", "127.0.0.1", "--port", str(self.port), "--log-level",
-                       "warning"]
+            command = HAND_STARTED[name](str(self.port), str(os.cpu_count() or 1))
         else:
             env.update(SERVERS[name])
             command = [str(ROOT / "compose" / "start" / "web")]

@@ -93,15 +93,18 @@ class WSGIOnThreads:
         def sync_send(message):
             asyncio.run_coroutine_threadsafe(send(message), loop).result()
 
-        head = None
+        def head():
+            return {"type": "http.response.start", "status": started["status"], "headers": started["headers"]}
+
+        head_sent = False  # a generator may call start_response only when its first chunk is asked for
         for chunk in iterable:
-            if head is None:
-                head = {"type": "http.response.start", "status": started["status"], "headers": started["headers"]}
-                sync_send(head)
+            if not head_sent:
+                sync_send(head())
+                head_sent = True
             if chunk:
                 sync_send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if head is None:
-            sync_send({"type": "http.response.start", "status": started["status"], "headers": started["headers"]})
+        if not head_sent:
+            sync_send(head())
         sync_send({"type": "http.response.body", "body": b""})
 
 
