@@ -2,12 +2,12 @@
 Each entry says what it fixes, the measurement behind it, and which test breaks when an upgrade moves what
 it relies on (tests/core/test_compat.py).
 
-Both entries are about failover of a connection whose URL list names several nodes of one RabbitMQ cluster
+The first three entries are about failover of a connection whose URL list names several nodes of one RabbitMQ cluster
 (``CELERY_BROKER_URL="amqp://a;amqp://b;amqp://c"``), measured in the minority-partition case
 (tests/cluster/test_node_faults.py: the node leading the queues is cut off, no RST). Before them the
 publisher's stall there was 22.5-24 s: 1.3 s until py-amqp's TCP_USER_TIMEOUT failed the publish on the cut
 node, then 14.1 s in a ``queue.declare`` on the next node, then a nack or confirm timeout there, then the
-third node. A single-URL connection keeps kombu's behaviour in both.
+third node. A single-URL connection keeps kombu's behaviour in those three.
 
 1. ``KeptDeclarations``: a failover keeps what the connection declared.
    kombu caches the entities (exchange, queue, binding) a connection declared in
@@ -37,8 +37,26 @@ third node. A single-URL connection keeps kombu's behaviour in both.
    process for UNREACHABLE_SECONDS, unless every node is; a connection that (re)connects while its own
    node is marked moves on first (``_connection_factory``): after the heal in the case, pooled connections
    still on the cut node each spent the connect timeout there and raised it to the caller (2 publishes).
+   A connect that fails at the socket level inside ``_connection_factory`` marks its node and tries the next
+   one there: kombu gives a first connect a retry budget of the connect timeout, so a timed-out connect was
+   raised without trying another node, and each new pooled connection (one per publish after an error)
+   started on the cut node again: 4 s and an error for each of five publishes in a row (partition case).
 
-kombu names relied on: ``Queue.__hash__``/``Exchange.__hash__`` as the cache keys, ``Connection.declared_entities`` (a set the instance owns), ``Connection.alt``,
+4. ``FailoverConnection.recoverable_connection_errors``: a nack is an answer, not a broken connection.
+   py-amqp lists ``MessageNacked`` among its recoverable *connection* errors, so kombu's ``ensure`` (Celery's
+   publish retry policy, and the fallback of apps/core/single.py) closed the connection, reconnected and
+   published the refused message again, up to ``max_retries`` (3) times: one refused publish cost 4
+   publishes and 3 connects (7.7 ms CPU and 17.8 ms wall against 2.3 ms for an accepted one, measured in
+   bench/http_load.py --backpressure; ~200 HTTP 429 answers/s, p99 0.8-1.1 s). RabbitMQ's nack is its
+   answer about that message (the queue is at its bound, or has no leader right now) on a channel that
+   stays open: the platform raises it at once as ``QueueFull``. Applies to single-node connections too.
+   The cost: a quorum queue electing a leader (kill -9 of its node) nacks promptly for about a second, and
+   those publishes, which the retries over new connections used to get through, are now refused to the
+   caller (15 in one cluster pass, 4-6 before; HTTP 429 with Retry-After). apps/core/single.py keeps the
+   pooled connection after a prompt nack and lets kombu replace it after a slow one (amqp.PROMPT_NACK_SECONDS).
+
+kombu names relied on: ``Connection.recoverable_connection_errors`` (read by ``ensure`` and
+``_reraise_as_library_errors``), ``Queue.__hash__``/``Exchange.__hash__`` as the cache keys, ``Connection.declared_entities`` (a set the instance owns), ``Connection.alt``,
 ``Connection.maybe_switch_next`` (called inside the ``except`` of ``ensure`` and ``_ensure_connection``),
 ``collect``, ``_connection``, ``_connection_factory``, ``cycle``, ``ConnectionPool.new`` building
 ``PooledConnection(pool, **connection._info())``.
@@ -52,6 +70,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from amqp.exceptions import MessageNacked
 from celery.app.routes import MapRoute
 from celery.backends.base import Backend
 from celery.utils.functional import maybe_evaluate
@@ -139,12 +158,18 @@ def is_failover_list(connection) -> bool:
 
 
 class FailoverConnection:
-    """Mixin for kombu Connection classes: the failover behaviours above, on a node list only."""
+    """Mixin for kombu Connection classes: the failover behaviours above (entries 1-3) on a node list only;
+    entry 4 on every connection."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if is_failover_list(self):
             self.declared_entities = KeptDeclarations(self.declared_entities)
+
+    @property
+    def recoverable_connection_errors(self):
+        # Entry 4 above: a nack is raised at once, never retried over a new connection.
+        return tuple(error for error in super().recoverable_connection_errors if not issubclass(error, MessageNacked))
 
     def maybe_switch_next(self):
         if not (self.cycle and is_failover_list(self)):
@@ -159,11 +184,26 @@ class FailoverConnection:
         # A connection that starts (a new pooled one starts on the first URL) or reconnects on a node another
         # connection of this process just found unreachable goes to the next reachable one instead: the
         # connect timeout (4 s) is not spent again, and kombu would raise that first failure to the caller.
-        if self.cycle and is_failover_list(self) and is_unreachable(_node(self)):
+        if not (self.cycle and is_failover_list(self)):
+            return super()._connection_factory()
+        if is_unreachable(_node(self)):
             url = self._next_url(fallback_to_next=False)
             if url is not None:
                 self.switch(url)
-        return super()._connection_factory()
+        while True:
+            try:
+                return super()._connection_factory()
+            except OSError:
+                # A connect that failed at the socket level (refused, or no answer within the connect
+                # timeout) marks its node and moves on to the next one not marked, here: kombu's own retry
+                # budget for a first connect is the connect timeout, so a timed-out connect was raised to
+                # the caller without trying another node, and the next new pooled connection started on
+                # the same node (a publish failed after 4 s, five times in a row, in the partition case).
+                mark_unreachable(_node(self))
+                url = self._next_url(fallback_to_next=False)
+                if url is None:  # every node failed just now: the error is the answer
+                    raise
+                self.switch(url)
 
     def _next_url(self, fallback_to_next: bool):
         """The next URL of the cycle whose node was not found unreachable just now; when every node was:

@@ -130,11 +130,20 @@ class PlatformConsumer(Consumer):
         # an upgrade renames the step.
         default_steps = [step for step in Consumer.Blueprint.default_steps if step != CELERY_DELAYED_DELIVERY_STEP]
 
-    def __init__(self, *args, app=None, **kwargs):
+    def __init__(self, *args, app=None, worker_options=None, **kwargs):
+        # Celery's Mingle and Gossip steps each declare a new transient queue before the consumer runs (Mingle
+        # then waits for the other workers' answers). On a cluster a new queue's declare waits, while a node
+        # is cut off, until net_ticktime declares that node down: after a failover the consumer sat in
+        # Mingle 13 s before taking a task (minority partition case, docs/reliability.md). The platform
+        # needs neither: ApplyControlState (apps/control/worker.py) loads the cancelled task ids from the
+        # database at every consumer start (what Mingle would ask the other workers for), and worker liveness
+        # comes from heartbeat events to the recorder (Gossip only makes every worker read everyone's).
+        # The same as the worker's --without-mingle --without-gossip, whatever the command line says.
+        worker_options = {**(worker_options or {}), "without_mingle": True, "without_gossip": True}
         app.steps["consumer"].update({DeclareTopology, EventBatching, ProbeFiles})
         share_backend_between_green_threads(app)
         compat.drain_event_connection_without_waiting()  # green pools: 10 tasks/s without it (compat.py)
-        super().__init__(*args, app=app, **kwargs)
+        super().__init__(*args, app=app, worker_options=worker_options, **kwargs)
 
     def on_ready(self):
         super().on_ready()

@@ -149,6 +149,7 @@ class Load:
     def account(self, case: str, broker_url: str, fault_at: float) -> Outcome:
         executed = guarded = dead = lost = 0
         stall = 0.0
+        stalls = []  # per lane, where its longest gap was (relative to the fault): which side stalled
         for lane in LANES:
             confirmed = set(self.confirmed_keys(lane))
             effects = self.effects(lane)
@@ -163,8 +164,11 @@ class Load:
             reruns = Path(self.lane_dir(lane), "duplicates.log")
             guarded += len(reruns.read_text().splitlines()) if reruns.exists() else 0
             times = sorted(t for t in effects.values() if t >= fault_at - 1)
-            gaps = [b - a for a, b in zip(times, times[1:])]
-            stall = max([stall, *gaps])
+            gaps = [(b - a, a, b) for a, b in zip(times, times[1:])]
+            if gaps:
+                gap, began, ended = max(gaps)
+                stalls.append(f"{lane}: longest gap {gap:.1f}s from {began - fault_at:+.1f}s to {ended - fault_at:+.1f}s")
+                stall = max(stall, gap)
         answered = [p for p in self.publishes if p.answered]
         outcome = Outcome(
             case=case, published=len(self.publishes), confirmed=sum(p.confirmed for p in self.publishes),
@@ -176,8 +180,9 @@ class Load:
         )
         write_report_row(outcome)
         print(outcome.row(), "errors:", outcome.errors)
+        print("  " + "; ".join(stalls))
         for p in self.publishes:  # the slow answers, relative to the fault: where a caller waited
-            if p.answered - p.started > 2:
+            if p.answered - p.started > 1:
                 print(f"  slow publish {p.key}: started {p.started - fault_at:+.1f}s, answered after "
                       f"{p.answered - p.started:.1f}s {p.error[:200]}")
         return outcome
@@ -195,4 +200,27 @@ def where_workers_wait(workers) -> str:
     time.sleep(2)
     for worker in workers:
         out.append(f"=== {worker.nodename}\n{worker.stacks()}\n--- log tail ---\n{worker.log()[-12000:]}")
+    return "\n".join(out)
+
+
+CONNECTION_WORDS = ("Connected to", "Connection to broker lost", "Cannot connect", "consumer:", "failover",
+                    "Trying again", "error", "Error", "mingle", "Prefetch count is now static")  # the last: consuming
+
+
+def connection_events(workers, fault_at: float) -> str:
+    """Each worker's log lines about its broker connection from the fault on, with their time relative to
+    the fault: where a lane's stall was spent on the consuming side."""
+    from datetime import datetime
+
+    out = []
+    for worker in workers:
+        for line in worker.log().splitlines():
+            if not line.startswith("[") or not any(word in line for word in CONNECTION_WORDS):
+                continue
+            try:
+                at = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            if at >= fault_at - 1:
+                out.append(f"  {worker.nodename} {at - fault_at:+.1f}s {line[25:][:220]}")
     return "\n".join(out)

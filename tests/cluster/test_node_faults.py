@@ -12,7 +12,7 @@ import pytest
 
 from project import topology
 from tests.cluster.conftest import HEARTBEAT
-from tests.cluster.load import Load
+from tests.cluster.load import Load, connection_events
 from tests.support import cluster
 from tests.support.tasks import cpu_echo, io_echo
 from tests.support.workers import wait_for
@@ -98,6 +98,7 @@ def test_kill_9_of_the_node_leading_dataset_and_mail(cluster_vhost, host_workers
     load.wait_processed(host_workers.values())
     outcome = load.account(f"kill -9 of the node leading dataset and mail ({cluster.node_name(leader)})",
                            cluster.broker_url(cluster_vhost), fault_at)
+    print(connection_events(host_workers.values(), fault_at))
     cluster.start_node(leader)
     wait_cluster_whole(cluster_vhost)
 
@@ -124,6 +125,7 @@ def test_rolling_restart_of_all_three_nodes(cluster_vhost, host_workers, tmp_pat
     load.wait_processed(host_workers.values())
     outcome = load.account("rolling restart of all three nodes (rabbitmqctl stop, start, catch up)",
                            cluster.broker_url(cluster_vhost), fault_at)
+    print(connection_events(host_workers.values(), fault_at))
     assert outcome.lost == 0 and outcome.duplicated == 0, outcome
     assert outcome.confirmed > 100 and outcome.executed == outcome.confirmed - outcome.dead_lettered
     assert outcome.stall <= 2 * HEARTBEAT, f"processing stalled {outcome.stall:.1f}s (> two heartbeats)"
@@ -152,6 +154,7 @@ def test_minority_partition_of_the_leading_node(cluster_vhost, host_workers, tmp
     load.wait_processed(host_workers.values())
     outcome = load.account(f"minority partition: the node leading dataset ({cluster.node_name(leader)}) cut off "
                            f"{3 * HEARTBEAT} s, healed", cluster.broker_url(cluster_vhost), fault_at)
+    print(connection_events(host_workers.values(), fault_at))
     whole_again(cluster_vhost, [leader])
     assert new_leader != leader
     assert outcome.lost == 0 and outcome.duplicated == 0, outcome

@@ -5,6 +5,7 @@ from unittest import mock
 
 import kombu.common
 import kombu.connection
+import kombu.exceptions
 import pytest
 from kombu import Exchange, Queue
 from kombu.common import maybe_declare
@@ -45,6 +46,23 @@ def test_the_kombu_names_compat_relies_on_are_where_they_were():
     assert "except conn_errors as exc:\n                        self.maybe_switch_next()" in ensure
     assert "self.maybe_switch_next()" in inspect.getsource(Connection._ensure_connection)
     assert "self._connection_factory" in inspect.getsource(Connection._ensure_connection)
+
+
+def test_a_nack_is_not_a_recoverable_connection_error_on_the_platforms_connections():
+    import amqp
+    from amqp.exceptions import MessageNacked
+
+    from project.celery import app
+
+    # Entry 4 exists because py-amqp lists the nack there; if an upgrade stops doing so, the entry can go.
+    assert MessageNacked in amqp.Connection.recoverable_connection_errors
+    assert "recoverable_connection_errors" in inspect.getsource(kombu.connection.Connection.ensure)
+    for connection in (app.connection_for_write(), app.pool.acquire(block=True)):
+        try:
+            errors = connection.recoverable_connection_errors
+            assert MessageNacked not in errors and OSError in errors, errors  # the rest kept
+        finally:
+            connection.release()
 
 
 def test_celery_builds_every_connection_and_pooled_connection_as_a_cluster_connection():
@@ -137,6 +155,70 @@ def test_a_connection_starting_on_a_node_found_unreachable_starts_on_the_next_on
             assert connection.hostname == "node-a"
     finally:
         compat._unreachable.clear()
+
+
+class SilentNode:
+    """A TCP port that accepts connections and never answers the AMQP handshake, as a node cut off by a
+    partition looks to a connect (there the SYN goes unanswered; either way the connect times out)."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.attempts = 0
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.attempts += 1
+            self.held.append(client)
+
+    def close(self):
+        self.server.close()
+        for client in self.held:
+            client.close()
+
+
+def test_a_first_connect_that_times_out_goes_on_to_the_next_node_and_the_next_connection_skips_it(broker_url):
+    from apps.core import compat
+
+    silent = SilentNode()
+    nodes = f"{broker_url.replace('127.0.0.1:5672', f'127.0.0.1:{silent.port}')};{broker_url}"
+    compat._unreachable.clear()
+    try:
+        for _ in range(2):  # each as a new pooled connection starts: on the first URL of the list
+            with ClusterConnection(nodes, connect_timeout=1) as connection:
+                connection.default_channel  # the first publish's connect (kombu: retry budget = connect timeout)
+                assert connection.port == 5672  # not an error raised to the caller
+        assert silent.attempts == 1  # the second connection went straight to the node that answers
+        assert compat.is_unreachable(("127.0.0.1", silent.port))
+    finally:
+        compat._unreachable.clear()
+        silent.close()
+
+
+def test_a_connect_fails_when_every_node_failed_just_now():
+    from apps.core import compat
+
+    silent = [SilentNode(), SilentNode()]
+    compat._unreachable.clear()
+    try:
+        with ClusterConnection(";".join(f"amqp://guest:guest@127.0.0.1:{s.port}//" for s in silent),
+                               connect_timeout=1) as connection:
+            with pytest.raises(kombu.exceptions.OperationalError):
+                connection.default_channel
+        assert [s.attempts for s in silent] == [1, 1]
+    finally:
+        compat._unreachable.clear()
+        for s in silent:
+            s.close()
 
 
 # --- Worker and events: the section at the end of apps/core/compat.py ---

@@ -96,7 +96,7 @@ def test_a_derived_call_is_checked_like_celerys_wrong_arguments_and_size(setting
         io_lineage.delay("x" * (settings.PLATFORM_MAX_MESSAGE_BYTES + 1))
 
 
-def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh_template):
+def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh_template, monkeypatch):
     io_lineage.delay("template")  # the template is made against the normal broker
     with rabbit.own_vhost("platform-test-single-full") as url:
         vhost = url.rsplit("/", 1)[1]
@@ -109,6 +109,11 @@ def test_a_derived_publish_into_a_full_queue_raises_queue_full(broker_url, fresh
         rabbit.publish_raw(url, "ops_trace", "ops_trace", b"[[], {}, {}]", headers={"task": "filler", "id": "fill"})
         with pytest.raises(QueueFull, match=r"tests.io.lineage\[.*\]: queue ops_trace is full"):
             io_lineage.delay("refused")
+        # The nack is the answer: no republish over a new connection (apps/core/compat.py, entry 4), and the
+        # pooled connection stays open for the next call.
+        with rabbit.counting_publishes_and_connects(monkeypatch) as wire, pytest.raises(QueueFull):
+            io_lineage.delay("refused again")
+        assert (wire.publishes, wire.connects) == (1, 0), wire
         assert rabbit.queue_message_count(url, "ops_trace") == 1  # only the filler
 
 

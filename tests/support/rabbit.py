@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from kombu import Connection, Exchange, Queue
 
@@ -190,3 +191,33 @@ def publish_raw(url: str, exchange: str, routing_key: str, body: bytes, headers:
         producer.publish(body, exchange=exchange, routing_key=routing_key, headers=headers or {},
                          content_type=content_type, content_encoding=content_encoding,
                          delivery_mode=2, serializer=None)
+
+
+@dataclass
+class WireCounts:
+    publishes: int = 0  # basic.publish frames py-amqp wrote
+    connects: int = 0  # AMQP connections py-amqp opened
+
+
+@contextmanager
+def counting_publishes_and_connects(monkeypatch):
+    """Count what this process puts on the wire while the block runs: a spy around py-amqp's publish and
+    connect (both still run), to show how many publishes and new connections one call cost."""
+    import amqp
+    import amqp.channel
+
+    counts = WireCounts()
+    publish, connect = amqp.channel.Channel._basic_publish, amqp.Connection.connect
+
+    def counted_publish(self, *args, **kwargs):
+        counts.publishes += 1
+        return publish(self, *args, **kwargs)
+
+    def counted_connect(self, *args, **kwargs):
+        counts.connects += 1
+        return connect(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(amqp.channel.Channel, "_basic_publish", counted_publish)
+        patch.setattr(amqp.Connection, "connect", counted_connect)
+        yield counts
