@@ -58,13 +58,6 @@ def active_batch():
     return getattr(_publishing, "batch", None)
 
 
-# A nack that came this long after the publish is a quorum queue without a reachable leader, not a full queue:
-# RabbitMQ nacks a publish over the bound in the confirm's own round trip (p99 25 ms, max 140 ms under load in
-# tests/cluster), while a channel still routing to a cut-off leader answered after 5-12 s, and kept doing so for
-# ~30 s (docs/reliability.md). Such a nack leaves the connection to be replaced: the next publish starts afresh.
-PROMPT_NACK_SECONDS = 1.0
-
-
 def queue_full_error(exc: Exception, name: str, task_id: str | None, queue: str | None) -> QueueFull | None:
     """The ``QueueFull`` to raise for ``exc`` when it is RabbitMQ's nack of a publish, else None."""
     # kombu re-raises the broker's nack as an OperationalError with an empty message.

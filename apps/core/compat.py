@@ -52,8 +52,9 @@ third node. A single-URL connection keeps kombu's behaviour in those three.
    stays open: the platform raises it at once as ``QueueFull``. Applies to single-node connections too.
    The cost: a quorum queue electing a leader (kill -9 of its node) nacks promptly for about a second, and
    those publishes, which the retries over new connections used to get through, are now refused to the
-   caller (15 in one cluster pass, 4-6 before; HTTP 429 with Retry-After). apps/core/single.py keeps the
-   pooled connection after a prompt nack and lets kombu replace it after a slow one (amqp.PROMPT_NACK_SECONDS).
+   caller (15 in one cluster pass, 4-6 before; HTTP 429 with Retry-After). The pooled connection is still
+   replaced after a nack (kombu does so for any exception in its block): keeping it also kept a channel
+   whose quorum-queue client pointed at a killed leader, and it nacked one lane for the rest of the case.
 
 kombu names relied on: ``Connection.recoverable_connection_errors`` (read by ``ensure`` and
 ``_reraise_as_library_errors``), ``Queue.__hash__``/``Exchange.__hash__`` as the cache keys, ``Connection.declared_entities`` (a set the instance owns), ``Connection.alt``,

@@ -25,7 +25,6 @@ children: the ``origin`` header names the process). apps/core/bulk.py derives it
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -36,7 +35,7 @@ from kombu.serialization import dumps, loads
 from kombu.utils.uuid import uuid
 
 from apps.core import compat
-from apps.core.amqp import PROMPT_NACK_SECONDS, active_batch, check_message_size, queue_full_error, set_recorder
+from apps.core.amqp import active_batch, check_message_size, queue_full_error, set_recorder
 from apps.core.events import SentEventBuffer
 
 PLAIN_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -213,8 +212,6 @@ def _send_from_template(app, task, template: Template, args, kwargs, task_id: st
         before = dict(properties)
         send_before_publish(task.name, template, body, headers, properties)
         direct = direct and properties == before  # a receiver changed a property: kombu's publish sends it
-    refused = None  # (QueueFull, the nack): raised after the pooled block, which would close the connection
-    started = time.monotonic()
     with app.pool.acquire(block=True) as connection:
         with compat.library_errors(connection):
             producer = compat.kept_task_producer(connection)
@@ -239,13 +236,11 @@ def _send_from_template(app, task, template: Template, args, kwargs, task_id: st
                 full = queue_full_error(exc, task.name, task_id, publish_kwargs["routing_key"])
                 if full is None:
                     raise
-                if time.monotonic() - started >= PROMPT_NACK_SECONDS:  # no leader: inside the block, so kombu
-                    raise full from exc  # replaces the pooled connection and the next publish starts afresh
-                # A prompt nack (a full queue) on a channel that stays open: raised outside the block, or kombu's
-                # pooled connection would close itself and the next publish connect again.
-                refused = full, exc
-    if refused is not None:
-        raise refused[0] from refused[1]
+                # Raised inside the block: kombu replaces the pooled connection, so the next publish starts on
+                # a fresh channel. Keeping it after a prompt nack (a full queue answers at once) also kept a
+                # channel whose quorum-queue client still pointed at a killed leader: it nacked every publish
+                # to that lane for the rest of a cluster case (552 refused; docs/reliability.md).
+                raise full from exc
     if signals.after_task_publish.receivers:
         send_after_publish(task.name, template, body, headers)
     if template.sent_event is not None:  # after the confirm, in the background, with others

@@ -163,7 +163,10 @@ class Load:
             lost += len(confirmed - set(effects) - dead_keys)
             reruns = Path(self.lane_dir(lane), "duplicates.log")
             guarded += len(reruns.read_text().splitlines()) if reruns.exists() else 0
-            times = sorted(t for t in effects.values() if t >= fault_at - 1)
+            # Until the last publish answered: a lane whose publishes were all refused after the fault has no
+            # effect after it, and that is a stall too (a CI run: 552 refused in the kill -9 case, "stall 0.7").
+            last_answer = max((p.answered for p in self.publishes if p.answered), default=fault_at)
+            times = sorted([*(t for t in effects.values() if t >= fault_at - 1), last_answer])
             gaps = [(b - a, a, b) for a, b in zip(times, times[1:])]
             if gaps:
                 gap, began, ended = max(gaps)
