@@ -150,6 +150,10 @@ class Load:
         executed = guarded = dead = lost = 0
         stall = 0.0
         stalls = []  # per lane, where its longest gap was (relative to the fault): which side stalled
+        # Gaps run until the last publish answered: a lane whose publishes were all refused after the fault has
+        # no effect after it, and that is a stall too (a CI run: 552 refused in the kill -9 case, "stall 0.7").
+        answered = [p for p in self.publishes if p.answered]
+        last_answer = max((p.answered for p in answered), default=fault_at)
         for lane in LANES:
             confirmed = set(self.confirmed_keys(lane))
             effects = self.effects(lane)
@@ -163,16 +167,12 @@ class Load:
             lost += len(confirmed - set(effects) - dead_keys)
             reruns = Path(self.lane_dir(lane), "duplicates.log")
             guarded += len(reruns.read_text().splitlines()) if reruns.exists() else 0
-            # Until the last publish answered: a lane whose publishes were all refused after the fault has no
-            # effect after it, and that is a stall too (a CI run: 552 refused in the kill -9 case, "stall 0.7").
-            last_answer = max((p.answered for p in self.publishes if p.answered), default=fault_at)
             times = sorted([*(t for t in effects.values() if t >= fault_at - 1), last_answer])
             gaps = [(b - a, a, b) for a, b in zip(times, times[1:])]
             if gaps:
                 gap, began, ended = max(gaps)
                 stalls.append(f"{lane}: longest gap {gap:.1f}s from {began - fault_at:+.1f}s to {ended - fault_at:+.1f}s")
                 stall = max(stall, gap)
-        answered = [p for p in self.publishes if p.answered]
         outcome = Outcome(
             case=case, published=len(self.publishes), confirmed=sum(p.confirmed for p in self.publishes),
             raised=sum(bool(p.error) for p in self.publishes), executed=executed, guarded_reruns=guarded,
