@@ -147,7 +147,7 @@ class HostWorker(Worker):
         self.host = host
 
     def start(self) -> "HostWorker":
-        self._log = open(self.log_path, "ab")
+        self.open_log()
         self.proc = subprocess.Popen(["ip", "netns", "exec", f"{PREFIX}-{self.host}", str(ROOT / "compose" / "start" / self.role)],
                                      cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -66,13 +66,23 @@ class ProcessRole:
 
     def start(self) -> "ProcessRole":
         tier.forbid_in_fast_tier(f"starting compose/start/{self.role}")
-        self._log = open(self.log_path, "ab")
+        self.open_log()
         self.proc = subprocess.Popen([str(ROOT / "compose" / "start" / self.role)], cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
+    def open_log(self) -> None:
+        """Append this start's output to the role's log; ``log_of_this_start`` reads from here on."""
+        self._log = open(self.log_path, "ab")
+        self._start_offset = self._log.tell()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_of_this_start(self) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(getattr(self, "_start_offset", 0))
+            return log.read().decode(errors="replace")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -145,7 +155,8 @@ class ProcessRole:
 
 
 class Worker(ProcessRole):
-    """A Celery worker role (cpu or io); ``wait_ready`` pings it through the broker."""
+    """A Celery worker role (cpu or io); ``wait_ready`` pings it through the broker and waits for its
+    "ready." line."""
 
     def wait_ready(self, timeout: float = 60) -> "Worker":
         from project.celery import app
@@ -154,7 +165,15 @@ class Worker(ProcessRole):
             self.assert_alive()
             return app.control.ping(destination=[self.nodename], timeout=0.5)
 
+        def logged_ready():
+            self.assert_alive()
+            return " ready." in self.log_of_this_start()
+
         wait_for(answered, timeout=timeout, interval=0.1, message=f"worker {self.nodename} to answer a ping")
+        # An eventlet worker's pidbox runs in a green thread of its own, started before the task consumer:
+        # it answers a ping before Celery has consumed the task queues and logged "ready." (a CI run's
+        # warnings test read the log in that gap).
+        wait_for(logged_ready, timeout=timeout, interval=0.05, message=f"worker {self.nodename} to log ready")
         self.wait_queues_serve()
         return self
 
