@@ -24,12 +24,17 @@ drops, as it would after the kubelet's SIGKILL.
 On every pool the first shutdown signal also arms a deadline (``arm_shutdown_deadline``): a worker still
 running ``PLATFORM_SHUTDOWN_OVERRUN_SECONDS`` after its window writes the Python stack of every thread to
 its log and exits 1 (``faulthandler``, a C watchdog thread that works while the main thread is stuck).
-Celery runs its whole cold shutdown inside the signal handler, on top of whatever the main thread was
-doing, and once (a CI run, prefork) a worker was still running 120 s after SIGTERM and ignored the next
-SIGTERM; the cause was not reproduced. Its unacked messages requeue when the connection drops, and the
-children die with it (Celery sets their parent-death signal), so nothing is lost and the log says where it
-was stuck; the overrun is less than topology.SHUTDOWN_MARGIN_SECONDS, so this comes before the kubelet's
-SIGKILL.
+Its unacked messages requeue when the connection drops, and the children die with it (Celery sets their
+parent-death signal), so nothing is lost and the log says where it was stuck; the overrun is less than
+topology.SHUTDOWN_MARGIN_SECONDS, so this comes before the kubelet's SIGKILL.
+
+On prefork, Celery runs its whole cold shutdown inside the signal handler, on top of whatever the main
+thread was doing, and that shutdown cancels the task consumer on the worker's broker connection (a
+basic_cancel written, its reply read). A CI run's deadline stacks showed the signal landing inside py-amqp's
+frame writer (an ack): basic_cancel then waited for the writer's lock, held below it on the same thread, and
+the worker hung until the deadline. Read frames are no safer: a reply read in the middle of a half-read frame
+misreads the stream. So a shutdown signal that interrupts py-amqp code is handled a moment later
+(``DEFER_SECONDS``, re-sent to the process), once the main thread has left it.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from celery import signals
@@ -52,6 +58,10 @@ EXIT_WITH_TASKS_REQUEUED = 1
 POLL_SECONDS = 0.2
 # How long after the soft-shutdown window a worker that has not exited counts as stuck.
 SHUTDOWN_OVERRUN_SECONDS = float(os.environ.get("PLATFORM_SHUTDOWN_OVERRUN_SECONDS", 20))
+# How soon a shutdown signal that landed inside py-amqp code is handled again (a frame write takes
+# microseconds; a write blocked on a full socket keeps it waiting, bounded by the deadline).
+DEFER_SECONDS = 0.05
+BROKER_CLIENT_PACKAGE = "amqp"
 
 
 def arm_shutdown_deadline(window: float) -> None:
@@ -59,13 +69,39 @@ def arm_shutdown_deadline(window: float) -> None:
     faulthandler.dump_traceback_later(window + SHUTDOWN_OVERRUN_SECONDS, exit=True, file=sys.__stderr__)
 
 
+def interrupted_broker_client(frame) -> bool:
+    """Whether the interrupted stack (a signal handler's ``frame``) is inside py-amqp: writing or reading a
+    frame on a connection the handler may use."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module == BROKER_CLIENT_PACKAGE or module.startswith(BROKER_CLIENT_PACKAGE + "."):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _arming(handler, window: float, armed: list):
-    """``handler`` (Celery's, for a shutdown signal), arming the deadline first; ``armed`` is shared by the
-    signals of one worker, so the deadline counts from the first of them."""
+    """``handler`` (Celery's, for a shutdown signal), arming the deadline first and run only outside py-amqp
+    code; ``armed`` is shared by the signals of one worker, so the deadline counts from the first of them."""
+    deferred = []  # a re-sent signal on its way: a second signal meanwhile is not sent twice
+
+    def send_again(signum):
+        deferred.clear()
+        os.kill(os.getpid(), signum)
+
     def arm_then_handle(signum, frame):
         if not armed:
             armed.append(signum)
             arm_shutdown_deadline(window)
+        if interrupted_broker_client(frame):
+            if not deferred:
+                deferred.append(signum)
+                logger.info("Shutdown signal %s arrived inside a broker frame; handling it in %ss",
+                            signum, DEFER_SECONDS)
+                timer = threading.Timer(DEFER_SECONDS, send_again, (signum,))
+                timer.daemon = True
+                timer.start()
+            return None
         return handler(signum, frame)
 
     return arm_then_handle

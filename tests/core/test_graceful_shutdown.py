@@ -6,7 +6,11 @@ own fails there). A task that ends within that window finishes and is acked; one
 and, being acks_late, requeued, and runs once on another worker. Each case runs in its own vhost, so no
 other worker can take the message.
 """
+import os
 import signal
+import subprocess
+import sys
+from urllib.parse import urlsplit
 
 import pytest
 from celery import states
@@ -14,7 +18,7 @@ from django_celery_results.models import TaskResult
 
 from tests.support import rabbit
 from tests.support.tasks import cpu_sleep, io_sleep
-from tests.support.workers import Worker, wait_for
+from tests.support.workers import ROOT, Worker, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -112,3 +116,71 @@ def test_a_shutdown_stuck_after_its_window_exits_with_every_stack_in_the_log(wor
         wait_for(lambda: messages_in(rabbit_vhost(url), "dataset") == 1, timeout=30,
                  message="the cancelled task's message back in its queue")
         assert marks(path) == ["start"]
+
+
+# A shutdown handler that writes on the connection whose frame write it interrupted, as Celery's cold
+# shutdown does (basic_cancel on the consumer's connection). Run in a process of its own: without the
+# deferral the handler waits forever for the frame writer's lock (a CI run's stuck prefork shutdown).
+INTERRUPTED_WRITE = r"""
+import signal, sys, time
+import django
+django.setup()
+import amqp
+from amqp.transport import TCPTransport
+from apps.core import shutdown
+
+host, vhost = sys.argv[1], sys.argv[2]
+write, interrupt = TCPTransport.write, []
+
+def write_interrupted(self, data):
+    if interrupt:
+        interrupt.clear()
+        signal.raise_signal(signal.SIGTERM)  # the handler runs as this returns: inside py-amqp's write_frame
+    return write(self, data)
+
+TCPTransport.write = write_interrupted  # before connect: the frame writer binds transport.write there
+connection = amqp.Connection(host=host, userid="guest", password="guest", virtual_host=vhost)
+connection.connect()
+channel = connection.channel()
+channel.queue_declare("shutdown-probe", auto_delete=False)
+handled = []
+
+def cold_shutdown(signum, frame):
+    channel.basic_publish(amqp.Message("from the handler"), routing_key="shutdown-probe")
+    handled.append(shutdown.interrupted_broker_client(frame))
+
+signal.signal(signal.SIGTERM, shutdown._arming(cold_shutdown, window=60, armed=[]))
+signal.raise_signal(signal.SIGTERM)  # outside py-amqp: handled at once
+print("outside:", handled)
+interrupt.append(True)
+channel.basic_publish(amqp.Message("interrupted"), routing_key="shutdown-probe")
+deadline = time.monotonic() + 5
+while len(handled) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+bodies = []
+while (message := channel.basic_get("shutdown-probe", no_ack=True)) is not None:
+    bodies.append(message.body.decode() if isinstance(message.body, bytes) else message.body)
+print("handled:", handled)
+print("bodies:", bodies)
+"""
+
+
+def test_a_shutdown_signal_inside_a_frame_write_is_handled_after_it(tmp_path):
+
+    script = tmp_path / "interrupted_write.py"
+    script.write_text(INTERRUPTED_WRITE)
+    with rabbit.own_vhost("platform-shutdown") as url:
+        parts = urlsplit(url)
+        try:
+            run = subprocess.run([sys.executable, str(script), parts.netloc.rsplit("@", 1)[1], parts.path[1:]],
+                                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                "DJANGO_SETTINGS_MODULE": "project.settings.test"},
+                                 capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired as stuck:
+            pytest.fail(f"the handler never returned (deadlocked on the frame writer's lock?): {stuck.stdout!r}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert "outside: [False]" in lines  # a signal elsewhere runs the handler at once
+    assert "handled: [False, False]" in lines  # the deferred one ran outside py-amqp, a moment later
+    # Every frame whole, in order: the first signal's, then the interrupted publish, then its deferred handler's.
+    assert "bodies: ['from the handler', 'interrupted', 'from the handler']" in lines
