@@ -172,8 +172,9 @@ class Worker(ProcessRole):
         wait_for(answered, timeout=timeout, interval=0.1, message=f"worker {self.nodename} to answer a ping")
         # An eventlet worker's pidbox runs in a green thread of its own, started before the task consumer:
         # it answers a ping before Celery has consumed the task queues and logged "ready." (a CI run's
-        # warnings test read the log in that gap).
-        wait_for(logged_ready, timeout=timeout, interval=0.05, message=f"worker {self.nodename} to log ready")
+        # warnings test read the log in that gap). Celery logs that line at INFO.
+        if self.env.get("LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO"):
+            wait_for(logged_ready, timeout=timeout, interval=0.05, message=f"worker {self.nodename} to log ready")
         self.wait_queues_serve()
         return self
 
