@@ -1,7 +1,8 @@
 """Reads: the ledger, queue depths, workers. No writes here."""
 from __future__ import annotations
 
-from django.db.models import Count, Min
+from django.contrib.auth import get_user_model
+from django.db.models import Count, F, Min
 from django.utils import timezone
 
 from apps.control import states
@@ -9,6 +10,7 @@ from apps.control.errors import Unavailable
 from apps.control.models import DeadLetter, PausedQueue, TaskRecord
 from apps.core.broker import BrokerUnavailable, queue_depths
 from apps.core.health import worker_report
+from apps.core.prepared import PreparedRead
 from apps.core.workers import held_task_ids
 from project import topology
 
@@ -22,6 +24,25 @@ def _app():
 def tasks_visible_to(user):
     qs = TaskRecord.objects.all()
     return qs if user.is_staff else qs.filter(owner=user)
+
+
+def with_owner_name(tasks):
+    """Tasks with ``owner_username`` (what TaskSerializer shows as owner) from a join: no User row built."""
+    return tasks.annotate(owner_username=F(f"owner__{get_user_model().USERNAME_FIELD}"))
+
+
+# The task detail read, compiled once (apps/core/prepared.py): staff see every task, others their own.
+_ANY_TASK = PreparedRead(TaskRecord, lambda task_id: with_owner_name(TaskRecord.objects.filter(task_id=task_id))
+                         .order_by(), task_id=str)
+_OWN_TASK = PreparedRead(TaskRecord, lambda task_id, owner_id: with_owner_name(
+    TaskRecord.objects.filter(task_id=task_id, owner_id=owner_id)).order_by(), task_id=str, owner_id=int)
+
+
+def task_visible_to(user, task_id: str) -> TaskRecord | None:
+    """The task ``task_id`` if ``user`` may see it (as ``tasks_visible_to``), with ``owner_username``."""
+    if user.is_staff:
+        return _ANY_TASK.first(task_id=task_id)
+    return _OWN_TASK.first(task_id=task_id, owner_id=user.pk)
 
 
 def queue_depth_map() -> dict[str, int | None]:

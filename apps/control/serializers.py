@@ -45,7 +45,7 @@ class TaskFilterSerializer(PageParams):
 
 
 class TaskSerializer(OutputModelSerializer):
-    owner = serializers.CharField(source="owner.get_username", default=None, read_only=True)
+    owner = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
 
     class Meta:
@@ -53,6 +53,12 @@ class TaskSerializer(OutputModelSerializer):
         fields = ["task_id", "name", "state", "queue", "worker", "attempts", "retries", "args", "kwargs", "result",
                   "error", "traceback", "progress", "parent_id", "root_id", "retry_of", "eta", "owner",
                   "cancel_requested_at", "sent_at", "started_at", "finished_at", "runtime", "updated_at"]
+
+    def get_owner(self, obj) -> str | None:
+        # The owner's username: annotated by the ledger's reads (selectors.with_owner_name), else looked up.
+        if hasattr(obj, "owner_username"):
+            return obj.owner_username
+        return obj.owner.get_username() if obj.owner_id is not None else None
 
     def get_progress(self, obj) -> dict:
         return {"step": obj.progress_step, "message": obj.progress_message, "current": obj.progress_current,

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from apps.control import metrics, selectors, services
 from apps.control.errors import NotFound
-from apps.control.models import ControlAction, DeadLetter, TaskRecord
+from apps.control.models import ControlAction, DeadLetter
 from apps.control.serializers import (
     AuditSerializer,
     CancelSerializer,
@@ -62,7 +62,7 @@ class TaskListView(ControlView):
                    summary="List tasks (staff: all; others: their own)", operation_id="tasks_list")
     def get(self, request):
         params = _validated(TaskFilterSerializer, request.query_params)
-        qs = selectors.tasks_visible_to(request.user).select_related("owner")
+        qs = selectors.with_owner_name(selectors.tasks_visible_to(request.user))
         if params.get("state"):
             qs = qs.filter(state__in=params["state"])
         if params.get("queue"):
@@ -79,10 +79,10 @@ class TaskListView(ControlView):
 
 
 def _task_for(request, task_id):
-    try:  # get(), not filter().first(): task_id is unique, and the model's ordering would be built and run
-        return selectors.tasks_visible_to(request.user).select_related("owner").get(task_id=task_id)
-    except TaskRecord.DoesNotExist:
-        raise NotFound(f"no task with id {task_id!r}") from None
+    record = selectors.task_visible_to(request.user, task_id)
+    if record is None:
+        raise NotFound(f"no task with id {task_id!r}")
+    return record
 
 
 class TaskDetailView(ControlView):

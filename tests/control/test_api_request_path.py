@@ -159,3 +159,66 @@ def test_elsewhere_a_change_reaches_the_cache_within_its_ttl(staff_client, setti
     assert staff_client.get("/api/v1/tasks/").status_code == 200  # still cached
     now[0] += 5.1
     assert staff_client.get("/api/v1/tasks/").status_code == 401
+
+
+def test_the_compiled_task_read_answers_as_the_orm_does_for_staff_owners_and_others():
+    """selectors.task_visible_to (SQL compiled once, apps/core/prepared.py) against the ORM read it replaced."""
+    from django.utils import timezone as django_timezone
+
+    from apps.control import selectors
+
+    users = [get_user_model().objects.create_user(name, is_staff=(name == "staff")) for name in ("staff", "ann", "bob")]
+    staff, ann, _ = users
+    sent = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    TaskRecord.objects.create(task_id="t-ann", name="x", owner=ann, sent_at=sent, progress_current=3, runtime=1.5)
+    TaskRecord.objects.create(task_id="t-nobody", name="y", owner=None)
+    for user in users:
+        for task_id in ("t-ann", "t-nobody", "t-missing", "t-ann' OR '1'='1"):
+            expected = selectors.tasks_visible_to(user).select_related("owner").filter(task_id=task_id).first()
+            got = selectors.task_visible_to(user, task_id)
+            if expected is None:
+                assert got is None, (user.username, task_id)
+                continue
+            assert [getattr(got, f.attname) for f in TaskRecord._meta.concrete_fields] == \
+                   [getattr(expected, f.attname) for f in TaskRecord._meta.concrete_fields]
+            assert got.owner_username == (expected.owner.username if expected.owner else None)
+            assert TaskSerializer(got).data == TaskSerializer(expected).data
+    assert selectors.task_visible_to(ann, "t-ann").sent_at == sent and django_timezone.is_aware(sent)
+    assert selectors.task_visible_to(staff, "t-nobody") is not None
+    assert selectors.task_visible_to(ann, "t-nobody") is None  # not hers
+
+
+def test_a_prepared_read_compiles_its_query_once_and_refuses_a_value_the_query_transforms():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from apps.core.prepared import PreparedRead
+
+    TaskRecord.objects.create(task_id="t-a", name="alpha")
+    TaskRecord.objects.create(task_id="t-b", name="beta")
+    builds = []
+
+    def build(name):
+        builds.append(name)
+        return TaskRecord.objects.filter(name=name).order_by()
+
+    read = PreparedRead(TaskRecord, build, name=str)
+    assert [read.first(name=n).task_id for n in ("alpha", "beta", "alpha")] == ["t-a", "t-b", "t-a"]
+    assert read.first(name="gamma") is None
+    assert len(builds) == 1  # compiled once, with a placeholder
+    with pytest.raises(TypeError, match="takes \\['name'\\], got \\['task_id'\\]"):
+        read.first(task_id="t-a")
+    contains = PreparedRead(TaskRecord, lambda name: TaskRecord.objects.filter(name__contains=name), name=str)
+    with pytest.raises(ImproperlyConfigured, match="must be one parameter of the query as it is"):
+        contains.first(name="alp")
+
+
+def test_the_compiled_message_read_answers_as_the_orm_does():
+    from apps.mail import selectors as mail_selectors
+
+    stored = Message.objects.create(idempotency_key="k-read", to=["a@example.com"], subject="s", body_text="b",
+                                    task_id="t-read", headers={"X-A": "1"})
+    got, expected = mail_selectors.message_by_id(stored.pk), Message.objects.get(pk=stored.pk)
+    assert [getattr(got, f.attname) for f in Message._meta.concrete_fields] == \
+           [getattr(expected, f.attname) for f in Message._meta.concrete_fields]
+    assert MessageOut(got).data == MessageOut(expected).data
+    assert mail_selectors.message_by_id(stored.pk + 1000) is None
