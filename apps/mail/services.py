@@ -286,7 +286,9 @@ def build_email(message: Message) -> EmailMultiAlternatives:
             email.attach_alternative(message.body_html, "text/html")
         else:
             email.body, email.content_subtype = message.body_html, "html"
-    for attachment in getattr(message, "loaded_attachments", None) or message.attachments.all():
+    # Loaded by the claim (an empty list is loaded too: not a reason to ask the database again).
+    attachments = getattr(message, "loaded_attachments", None)
+    for attachment in message.attachments.all() if attachments is None else attachments:
         email.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
     return email
 

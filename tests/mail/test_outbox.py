@@ -239,3 +239,18 @@ def test_requeue_stale_picks_up_lost_publishes_and_dead_workers_only(settings, n
     no_publish.clear()
     assert services.requeue_stale() == 2
     assert sorted(no_publish) == sorted([lost.pk, dead.pk])
+
+
+@pytest.mark.parametrize("attached", [0, 2])
+def test_a_delivery_reads_the_attachments_once_with_the_claim(settings, smtp_server, attached):
+    """The claim loads the attachments; building the message must not ask again, not even when there are
+    none (an empty list once did: one query more per message, 9% of a delivery's time in the profile)."""
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.MAIL_DOMAIN_RATE = "127.0.0.1", smtp_server.port, 0
+    address = f"attachments-{attached}@example.com"
+    message, _ = services.enqueue(to=[address], subject="Hi", body="text", attachments=[
+        AttachmentInput(f"a{i}.txt", f"content {i}".encode(), "text/plain") for i in range(attached)])
+    with CaptureQueriesContext(connection) as queries:
+        assert services.deliver(message.pk, "t-attachments").status == "SENT"
+    assert len([q for q in queries.captured_queries if "mail_attachment" in q["sql"]]) == 1
+    [received] = smtp_server.behaviour.messages_to(address)
+    assert all(f"a{i}.txt".encode() in received.content for i in range(attached))
