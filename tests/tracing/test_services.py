@@ -88,3 +88,37 @@ def test_trace_tree_links_children_to_parents_with_offsets():
     assert [c.event.name for c in tree.roots[0].children] == ["child"]
     child_node = tree.roots[0].children[0]
     assert child_node.depth == 1 and 1.5 < child_node.offset_ms < 2.5 and 20 < child_node.width_pct < 40
+
+
+def test_duplicates_in_a_batch_and_across_batches_are_stored_once():
+    first, second = make_record(name="first"), make_record(name="second")
+    services.ingest_batch([first, first, second], "dup-1")
+    services.ingest_batch([second, make_record(name="third")], "dup-2")
+    assert sorted(TraceEvent.objects.values_list("name", flat=True)) == ["first", "second", "third"]
+
+
+# Values normalisation never produces, each refused by both databases: a NULL name (NOT NULL, met by the
+# INSERT) and a NaN inside JSON (refused by PostgreSQL's jsonb while COPY reads it, by SQLite's JSON check).
+POISONS = {"null name": ("name", None), "NaN in JSON": ("attributes", {"x": float("nan")})}
+
+
+@pytest.mark.parametrize("poison", POISONS)
+def test_an_event_the_database_refuses_is_rejected_and_the_rest_of_its_batch_stored(monkeypatch, poison):
+    """The whole-batch write (COPY on PostgreSQL, one executemany on SQLite) fails on one row; each row is
+    then stored alone and the refused one recorded."""
+    normalise = services.normalise
+    field, value = POISONS[poison]
+
+    def poisoned(record, now_ns):
+        fields = normalise(record, now_ns)
+        if fields["name"] == "poison":
+            fields[field] = value
+        return fields
+
+    monkeypatch.setattr(services, "normalise", poisoned)
+    result = services.ingest_batch([make_record(name="a"), make_record(name="poison"), make_record(name="b")], "p")
+    assert (result["stored"], result["rejected"]) == (2, 1)
+    assert sorted(TraceEvent.objects.values_list("name", flat=True)) == ["a", "b"]
+    assert "database refused the event" in RejectedEvent.objects.get().reason
+    services.ingest_batch([make_record(name="after")], "p2")  # the next batch is not affected
+    assert TraceEvent.objects.filter(name="after").count() == 1
