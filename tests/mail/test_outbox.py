@@ -254,3 +254,46 @@ def test_a_delivery_reads_the_attachments_once_with_the_claim(settings, smtp_ser
     assert len([q for q in queries.captured_queries if "mail_attachment" in q["sql"]]) == 1
     [received] = smtp_server.behaviour.messages_to(address)
     assert all(f"a{i}.txt".encode() in received.content for i in range(attached))
+
+
+def test_claims_in_flight_leave_a_fifth_of_the_pool_to_accepted_deliveries():
+    pool = {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"pool": {"max_size": 30}}}
+    assert services.claims_in_flight(pool) == 24
+    assert services.claims_in_flight({"OPTIONS": {"pool": {"max_size": 4}}}) == 3
+    assert services.claims_in_flight({"OPTIONS": {"pool": {"max_size": 1}}}) == 1
+    assert services.claims_in_flight({"OPTIONS": {"pool": True}}) is None  # psycopg_pool's own default size
+    assert services.claims_in_flight({"OPTIONS": {}}) is None
+
+
+@pytest.mark.parametrize("bound", [3, None])
+def test_no_more_claims_run_at_once_than_the_bound(monkeypatch, bound):
+    """Nine deliveries on nine threads (the threads pool; under eventlet the same semaphore is green): with a
+    pool, at most ``claims_in_flight`` of them are inside their claim at any moment."""
+    import threading
+    import time
+
+    inside, most, changed, release = [0], [0], threading.Condition(), threading.Event()
+
+    def held_claim(message_id, me):
+        with changed:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            changed.notify_all()
+        release.wait(timeout=10)  # every claim that can get in is in before the first one leaves
+        with changed:
+            inside[0] -= 1
+        return None, services.Outcome("SKIPPED", "no such message")
+
+    monkeypatch.setattr(services, "claims_in_flight", lambda database=None: bound)
+    monkeypatch.setattr(services, "_claim", held_claim)
+    threads = [threading.Thread(target=services.deliver, args=(i,)) for i in range(9)]
+    for thread in threads:
+        thread.start()
+    expected = bound or len(threads)
+    with changed:
+        assert changed.wait_for(lambda: inside[0] >= expected, timeout=10)
+    time.sleep(0.3)  # room for one claim too many to get in, were the bound not kept
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert most[0] == expected and inside[0] == 0
