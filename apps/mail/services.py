@@ -22,6 +22,8 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,14 +39,14 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from apps.core.amqp import QueueFull
-from apps.mail import smtp, throttle, validation
+from apps.mail import sent, smtp, throttle, validation
 from apps.mail.models import FINAL_STATES, Attachment, Message, Status
 from apps.mail.validation import MailInputError
 from project.celery import app
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MailInputError", "enqueue", "cancel", "resend", "deliver", "requeue_stale"]
+__all__ = ["MailInputError", "enqueue", "enqueue_bulk", "cancel", "resend", "deliver", "deliver_batch", "requeue_stale"]
 
 
 # --- ways in -------------------------------------------------------------------------------------------
@@ -88,10 +90,7 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
     repeat publishes it now, and raises QueueFull again if the queue is still full.
     Bad input raises MailInputError before anything is stored.
     """
-    if idempotency_key is not None:
-        idempotency_key = validation.no_line_breaks("idempotency_key", str(idempotency_key)).strip()
-        if not idempotency_key or len(idempotency_key) > 200:
-            raise MailInputError("idempotency_key", "must be 1 to 200 characters")
+    idempotency_key = _clean_key(idempotency_key)
     try:
         fields = _validated(to=to, cc=cc, bcc=bcc, reply_to=reply_to, from_email=from_email, subject=subject,
                             body=body, html=html, headers=headers, template=template, context=context,
@@ -125,6 +124,15 @@ def enqueue(*, to, subject: str, body: str = "", html: str = "", from_email: str
             raise
         return existing, False
     return message, True
+
+
+def _clean_key(idempotency_key) -> str | None:
+    if idempotency_key is None:
+        return None
+    idempotency_key = validation.no_line_breaks("idempotency_key", str(idempotency_key)).strip()
+    if not idempotency_key or len(idempotency_key) > 200:
+        raise MailInputError("idempotency_key", "must be 1 to 200 characters")
+    return idempotency_key
 
 
 def _validated(*, to, cc, bcc, reply_to, from_email, subject, body, html, headers, template, context,
@@ -188,6 +196,118 @@ def _publish_after_commit(message: Message) -> None:
     transaction.on_commit(lambda: _publish_now(message))
 
 
+# --- many bulk messages at once (a newsletter) -----------------------------------------------------------
+
+# The fields of one message in enqueue_bulk (enqueue's keywords, less attachments: a batch carries rows only).
+BULK_FIELDS = frozenset({"to", "cc", "bcc", "reply_to", "from_email", "subject", "body", "html", "headers",
+                         "template", "context", "idempotency_key", "max_attempts"})
+_KEY_LOOKUP_CHUNK = 1000  # keys per SELECT: SQLite bounds the parameters of one statement
+
+
+def enqueue_bulk(messages: Iterable[Mapping]) -> list[tuple[Message, bool]]:
+    """Store many bulk messages and enqueue their delivery MAIL_BULK_BATCH_SIZE to a task message
+    (mail.bulk_send_batch), after commit. Returns (message, created) per input, in order.
+
+    Every message gets what enqueue(bulk=True) gives one: validation, the idempotency key (a key already
+    stored answers with the stored message, created=False, and nothing is sent again; the same key twice in
+    one call is refused), the outbox row and its guarded delivery. All or nothing: bad input anywhere raises
+    MailInputError naming the message (``messages[3].to``) and nothing is stored. If RabbitMQ refuses a batch
+    (queue full) the rows stay QUEUED marked "delivery not enqueued" and QueueFull is raised: calling again
+    with the same keys publishes them, and mail.requeue_stale does later.
+    """
+    items = list(messages)
+    keys = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise MailInputError(f"messages[{i}]", "must be an object with the fields of one message")
+        unknown = sorted(set(item) - BULK_FIELDS)
+        if unknown:
+            hint = " (a message with attachments is enqueued on its own)" if "attachments" in unknown else ""
+            raise MailInputError(f"messages[{i}].{unknown[0]}", f"not a field of a bulk message{hint}")
+        try:
+            keys.append(_clean_key(item.get("idempotency_key")))
+        except MailInputError as exc:
+            raise MailInputError(f"messages[{i}].{exc.field}", exc.message) from exc
+    repeated = [k for k, n in Counter(k for k in keys if k is not None).items() if n > 1]
+    if repeated:
+        at = keys.index(repeated[0], keys.index(repeated[0]) + 1)
+        raise MailInputError(f"messages[{at}].idempotency_key", f"{repeated[0]!r} appears twice in this call")
+
+    for _ in range(3):  # a concurrent call may store one of our keys between the lookup and the insert
+        stored = _stored_by_key([k for k in keys if k is not None])
+        new_rows = [(i, _bulk_row(i, item, key)) for i, (item, key) in enumerate(zip(items, keys))
+                    if key not in stored]
+        batches = _in_batches([row for _, row in new_rows])
+        try:
+            with transaction.atomic():
+                Message.objects.bulk_create([row for _, row in new_rows], batch_size=1000)
+                transaction.on_commit(lambda: _publish_batches(batches))
+            break
+        except IntegrityError:
+            continue
+    else:
+        raise MailInputError("idempotency_key", "keys kept being taken by concurrent calls; try again")
+
+    results: list[tuple[Message, bool] | None] = [None] * len(items)
+    for i, row in new_rows:
+        results[i] = (row, True)
+    for i, key in enumerate(keys):
+        if results[i] is None:
+            results[i] = (stored[key], False)
+    not_enqueued = [m for m in stored.values() if m.status == Status.QUEUED and m.last_error.startswith(NOT_ENQUEUED)]
+    for message in not_enqueued:  # refused earlier (queue full): this repeat publishes them, as enqueue does
+        _publish_now(message)
+    return results
+
+
+def _stored_by_key(keys: list[str]) -> dict[str, Message]:
+    stored = {}
+    for start in range(0, len(keys), _KEY_LOOKUP_CHUNK):
+        chunk = keys[start:start + _KEY_LOOKUP_CHUNK]
+        stored.update((m.idempotency_key, m) for m in Message.objects.filter(idempotency_key__in=chunk))
+    return stored
+
+
+def _bulk_row(i: int, item: Mapping, key: str | None) -> Message:
+    try:
+        fields = _validated(to=item.get("to"), cc=item.get("cc"), bcc=item.get("bcc"), reply_to=item.get("reply_to"),
+                            from_email=item.get("from_email"), subject=item.get("subject", ""),
+                            body=item.get("body", ""), html=item.get("html", ""), headers=item.get("headers"),
+                            template=item.get("template", ""), context=item.get("context"), attachments=None)
+        max_attempts = item.get("max_attempts")
+        if max_attempts is not None and (type(max_attempts) is not int or not 1 <= max_attempts <= 100):
+            raise MailInputError("max_attempts", "must be a whole number from 1 to 100")
+    except MailInputError as exc:
+        raise MailInputError(f"messages[{i}].{exc.field}", exc.message) from exc
+    return Message(idempotency_key=key or f"auto-{uuid.uuid4()}", bulk=True, **fields,
+                   max_attempts=max_attempts or settings.MAIL_MAX_ATTEMPTS)
+
+
+def _in_batches(rows: list[Message]) -> list[list[Message]]:
+    """Cut the rows into delivery batches; each row records the id of the task message that carries it."""
+    size = settings.MAIL_BULK_BATCH_SIZE
+    batches = [rows[start:start + size] for start in range(0, len(rows), size)]
+    for batch in batches:
+        task_id = str(uuid.uuid4())
+        for row in batch:
+            row.task_id = task_id
+    return batches
+
+
+def _publish_batches(batches: list[list[Message]]) -> None:
+    task = app.signature("mail.bulk_send_batch")
+    for n, batch in enumerate(batches):
+        try:
+            task.apply_async(([row.pk for row in batch],), task_id=batch[0].task_id)
+        except QueueFull as exc:  # the rows are committed: they stay QUEUED, marked, for a repeat or requeue_stale
+            refused = batches[n:]
+            Message.objects.filter(task_id__in=[b[0].task_id for b in refused], status=Status.QUEUED).update(
+                last_error=f"{NOT_ENQUEUED}{exc}", updated_at=Now())
+            raise QueueFull(f"{sum(map(len, refused))} bulk messages are stored (QUEUED) but their delivery was not enqueued: "
+                            f"{exc}; calling again with the same idempotency keys enqueues them, or "
+                            "mail.requeue_stale when the queue has room") from exc
+
+
 def cancel(message_id: int) -> bool:
     """QUEUED -> CANCELLED; False when the message is already being sent or finished."""
     return bool(Message.objects.filter(pk=message_id, status=Status.QUEUED)
@@ -243,15 +363,19 @@ def worker_label(task_id: str = "") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{task_id}"[:200]
 
 
+def _claimable(now) -> Q:
+    """QUEUED and due, or SENDING under a lease that expired (its worker died)."""
+    lease_expired = now - timedelta(seconds=settings.MAIL_CLAIM_LEASE)
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
+    return Q(status=Status.QUEUED) & due | Q(status=Status.SENDING, claimed_at__lt=lease_expired)
+
+
 def _claim(message_id: int, me: str) -> tuple[Message | None, Outcome | None]:
     """Take the message for one SMTP attempt, or say why not. Reserves the domain rate in the same transaction."""
     now = timezone.now()
-    lease_expired = now - timedelta(seconds=settings.MAIL_CLAIM_LEASE)
-    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + timedelta(seconds=1))
-    claimable = Q(status=Status.QUEUED) & due | Q(status=Status.SENDING, claimed_at__lt=lease_expired)
     try:
         with transaction.atomic():
-            if not Message.objects.filter(Q(pk=message_id) & claimable).update(
+            if not Message.objects.filter(Q(pk=message_id) & _claimable(now)).update(
                     status=Status.SENDING, attempts=F("attempts") + 1, claimed_at=now, claimed_by=me,
                     updated_at=now):
                 return None, _why_not_claimed(message_id, now)
@@ -361,9 +485,14 @@ def deliver(message_id: int, task_id: str = "") -> Outcome:
             _record(message_id, me, status=Status.FAILED, last_error=f"cannot build the message: {exc!r}")
             return Outcome("FAILED", f"cannot build the message: {exc!r}")
         _release_db_connection()
+    return _send_claimed(message, me, email.recipients(), data)
 
+
+def _send_claimed(message: Message, me: str, recipients: list[str], data: bytes) -> Outcome:
+    """The SMTP conversation of a claimed message and its recorded outcome."""
+    message_id = message.pk
     try:
-        accepted = smtp.send(message.from_email, email.recipients(), data)
+        accepted = smtp.send(message.from_email, recipients, data)
     except smtp.PermanentFailure as exc:
         _record(message_id, me, status=Status.FAILED, last_error=str(exc), smtp_code=exc.code,
                 smtp_reply=exc.reply)
@@ -389,8 +518,122 @@ def deliver(message_id: int, task_id: str = "") -> Outcome:
         raise
 
     accepted_at = timezone.now()
-    # The unavoidable window is from the server's 250 above to this commit: one UPDATE.
-    if not _record(message_id, me, status=Status.SENT, smtp_code=accepted.code, smtp_reply=accepted.reply,
-                   smtp_accepted_at=accepted_at, sent_at=Now()):
+    # The unavoidable window is from the server's 250 above to this commit: the wait for the process's SENT
+    # writer and one UPDATE for every outcome waiting (apps/mail/sent.py).
+    try:
+        recorded = sent.writer.record(sent.Sent(message_id, me, accepted.code, accepted.reply, accepted_at))
+    except Exception:  # the group write failed: this delivery records its own outcome, with _record's retries
+        recorded = _record(message_id, me, status=Status.SENT, smtp_code=accepted.code, smtp_reply=accepted.reply,
+                           smtp_accepted_at=accepted_at, sent_at=Now())
+    if not recorded:
         logger.error("message %s was accepted by the SMTP server but our claim was gone", message_id)
     return Outcome("SENT", accepted.reply)
+
+
+# --- a batch of bulk messages in one task -----------------------------------------------------------------
+
+@dataclass
+class BatchResult:
+    counts: Counter  # outcome status -> messages
+    later: list[tuple[int, float]]  # (message id, seconds): to be delivered by a task of their own
+    left: list[int]  # claimed but not started within the time budget: handed back, for a continuation batch
+
+
+def deliver_batch(message_ids: list[int], task_id: str = "", budget: float = 30.0) -> BatchResult:
+    """Deliver bulk messages one after another in one task, over the pooled SMTP connection.
+
+    What one delivery does, amortised: one claim for the batch (a conditional UPDATE of every row that is
+    claimable, each under the same guards as deliver's claim, and one SELECT of the rows won and their
+    attachments), then per message the conversation and its own outcome UPDATE right after the server's
+    reply (the never-twice window stays one statement per message). The claim carries a token of this run,
+    so a second copy of the batch (a redelivery) claims nothing that this one holds. No conversation starts
+    after ``budget`` seconds: the rest are handed back (QUEUED, their attempt not counted) in ``left``.
+    """
+    me = worker_label(f"{task_id}#{uuid.uuid4().hex[:8]}")
+    result = BatchResult(Counter(), [], [])
+    with _claim_slot():
+        claimed, result.later = _claim_batch(message_ids, me)
+        pending = deque()
+        for message in claimed:
+            try:
+                email = build_email(message)
+                pending.append((message, email.recipients(), email.message().as_bytes(linesep="\r\n")))
+            except Exception as exc:  # a stored message that cannot be built will never be sendable
+                _record(message.pk, me, status=Status.FAILED, last_error=f"cannot build the message: {exc!r}")
+                result.counts["FAILED"] += 1
+        _release_db_connection()
+    result.counts["SKIPPED"] = len(set(message_ids)) - len(claimed) - len(result.later)
+    started = time.monotonic()
+    try:
+        while pending and time.monotonic() - started < budget:
+            message, recipients, data = pending.popleft()  # from here its outcome is recorded, never handed back
+            outcome = _send_claimed(message, me, recipients, data)
+            _release_db_connection()  # the next conversation takes 100 ms or more: not on a pooled connection
+            result.counts[outcome.status] += 1
+            if outcome.status == "RETRY":
+                result.later.append((message.pk, outcome.retry_in))
+    finally:
+        if pending:  # over budget, or interrupted: nothing of these was sent
+            result.left = [message.pk for message, _, _ in pending]
+            _unclaim(result.left, me)
+            _release_db_connection()
+        _publish_rest(result)
+    return result
+
+
+def _publish_rest(result: BatchResult) -> None:
+    """Publish what the batch leaves: a continuation batch for the messages handed back, a delayed single
+    delivery for each retry, throttled or busy message. A refused publish leaves the row QUEUED (or SENDING
+    under a lease): mail.requeue_stale enqueues it later, so a failure here is logged, never raised."""
+    try:
+        if result.left:
+            app.signature("mail.bulk_send_batch").apply_async((result.left,))
+        single = app.signature("mail.bulk_send_message")
+        for message_id, delay in result.later:
+            single.apply_async((message_id,), countdown=delay)
+    except Exception:
+        logger.warning("could not enqueue the rest of a mail batch (%d left, %d later); mail.requeue_stale will",
+                       len(result.left), len(result.later), exc_info=True)
+
+
+def _claim_batch(message_ids: list[int], me: str) -> tuple[list[Message], list[tuple[int, float]]]:
+    """(claimed messages with their attachments loaded, [(id, wait)] of those to try again later)."""
+    now = timezone.now()
+    later = []
+    with transaction.atomic():
+        Message.objects.filter(Q(pk__in=message_ids) & _claimable(now)).update(
+            status=Status.SENDING, attempts=F("attempts") + 1, claimed_at=now, claimed_by=me, updated_at=now)
+        claimed = list(Message.objects.filter(pk__in=message_ids, status=Status.SENDING, claimed_by=me).order_by("pk"))
+        throttled = {}
+        for message in claimed:
+            wait = throttle.reserve([throttle.domain_of(a) for a in message.recipients], time.time())
+            if wait > 0:
+                throttled[message.pk] = wait
+        if throttled:  # not this time: as if never claimed (the claim of a single delivery rolls back instead)
+            _unclaim(list(throttled), me)
+            claimed = [m for m in claimed if m.pk not in throttled]
+            later.extend(throttled.items())
+        attachments = defaultdict(list)
+        if claimed:
+            for attachment in Attachment.objects.filter(message_id__in=[m.pk for m in claimed]):
+                attachments[attachment.message_id].append(attachment)
+        for message in claimed:
+            message.loaded_attachments = attachments[message.pk]
+    if len(claimed) + len(later) < len(set(message_ids)):
+        later.extend(_busy_elsewhere(set(message_ids) - {m.pk for m in claimed} - set(throttled), now))
+    return claimed, later
+
+
+def _busy_elsewhere(message_ids: set[int], now) -> list[tuple[int, float]]:
+    """Messages held under another delivery's live lease (e.g. this batch redelivered after its worker died):
+    try each again when that lease has run out, as deliver's BUSY does. The rest are final or not due."""
+    lease = timedelta(seconds=settings.MAIL_CLAIM_LEASE)
+    return [(pk, max(1.0, (claimed_at + lease - now).total_seconds() + 1))
+            for pk, claimed_at in Message.objects.filter(pk__in=message_ids, status=Status.SENDING)
+            .values_list("pk", "claimed_at")]
+
+
+def _unclaim(message_ids: list[int], me: str) -> None:
+    """Hand claimed messages back untouched: QUEUED, the attempt not counted (no conversation started)."""
+    Message.objects.filter(pk__in=message_ids, status=Status.SENDING, claimed_by=me).update(
+        status=Status.QUEUED, attempts=F("attempts") - 1, claimed_by="", claimed_at=None, updated_at=Now())

@@ -62,6 +62,31 @@ def bulk_send_message(self, message_id: int) -> str:
     return _deliver(self, message_id)
 
 
+# The most messages one batch task may carry (enqueue_bulk cuts MAIL_BULK_BATCH_SIZE): a bound on what a
+# hostile or mistaken task message can ask of one green thread.
+MAX_BATCH = 1000
+
+
+def _message_ids(value) -> list[int]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_BATCH \
+            or not all(type(pk) is int and pk > 0 for pk in value):
+        raise ValueError(f"message_ids must be a list of 1 to {MAX_BATCH} message ids (positive integers), "
+                         f"got {str(value)[:100]}")
+    return value
+
+
+@shared_task(name="mail.bulk_send_batch", ignore_result=True, **TASK_OPTIONS)
+def bulk_send_batch(self, message_ids: list[int]) -> str:
+    """Deliver a batch of bulk messages (queue mail_bulk), one after another in this task: one claim for the
+    batch, one outcome per message on its row. Messages not started within half the soft time limit are
+    handed back and go on in a continuation batch; retries, throttled and busy messages go on as single
+    deliveries (mail.bulk_send_message). No result row: the outbox rows are the record."""
+    soft_limit, _ = self.effective_time_limits()
+    result = services.deliver_batch(_message_ids(message_ids), self.request.id or "", budget=(soft_limit or 60) / 2)
+    summary = ", ".join(f"{status} {n}" for status, n in sorted(result.counts.items()) if n)
+    return (f"{summary}; later {len(result.later)}, continued {len(result.left)}")[:500]
+
+
 @shared_task(name="mail.requeue_stale")
 def requeue_stale() -> int:
     """Periodic: re-enqueue messages whose task message was lost or whose worker died mid-send."""

@@ -390,6 +390,9 @@ MAIL_DOMAIN_RATE = float(os.environ.get("MAIL_DOMAIN_RATE", 50))  # messages/s p
 MAIL_DOMAIN_BURST = env_int("MAIL_DOMAIN_BURST", 10)  # messages a quiet domain may receive at once
 MAIL_MAX_ATTACHMENT_BYTES = env_int("MAIL_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024)  # per attachment
 MAIL_MAX_RECIPIENTS = env_int("MAIL_MAX_RECIPIENTS", 100)  # per message (to + cc + bcc)
+MAIL_BULK_BATCH_SIZE = env_int("MAIL_BULK_BATCH_SIZE", 25)  # messages per mail.bulk_send_batch task (enqueue_bulk)
+if not 1 <= MAIL_BULK_BATCH_SIZE <= 1000:  # mail.bulk_send_batch refuses more than 1,000 ids
+    raise ValueError(f"MAIL_BULK_BATCH_SIZE must be 1 to 1000, got {MAIL_BULK_BATCH_SIZE}")
 MAIL_REQUEUE_AFTER = env_int("MAIL_REQUEUE_AFTER", 15 * 60)  # s; QUEUED rows this overdue are re-enqueued
 # Per-domain overrides, e.g. MAIL_DOMAIN_RATES="gmail.com=20,example.org=0.5" (0 = unlimited).
 MAIL_DOMAIN_RATES = {k.strip().lower(): float(v) for k, v in
