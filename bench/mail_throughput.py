@@ -38,6 +38,13 @@ def parse_args():
     parser.add_argument("--smtp-delay", type=float, default=0.1, help="seconds the SMTP server waits per message")
     parser.add_argument("--pool", type=int, default=30, help="IO_DB_POOL_MAX_SIZE (PostgreSQL)")
     parser.add_argument("--skip-transactional", action="store_true")
+    parser.add_argument("--lanes", default="bulk,batched,transactional",
+                        help="bulk: one task per message (enqueue); batched: enqueue_bulk, MAIL_BULK_BATCH_SIZE "
+                             "messages per task; transactional: mail.send_message, result stored")
+    parser.add_argument("--batch-size", type=int, default=None, help="MAIL_BULK_BATCH_SIZE for the batched lane")
+    parser.add_argument("--peer", default="2x5x100,2x50x1000",
+                        help="django-post-office runs, PROCESSESxTHREADSxBATCH each (comma-separated; '' for none): "
+                             "its defaults are 1 process, 5 threads, batches of 100")
     return parser.parse_args()
 
 
@@ -50,6 +57,37 @@ class SlowAcceptingHandler:
         await asyncio.sleep(self.delay)
         self.count += 1
         return f"250 2.0.0 Ok: queued as BENCH{self.count}"
+
+
+def serve_smtp(port: int, delay: float, ready) -> None:
+    """The SMTP server, in a process of its own: in the bench's process its event loop shared the GIL with
+    Django's polling, which slowed the server's replies down under load."""
+    import signal
+
+    from aiosmtpd.controller import Controller
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the server's thread: sigwait takes it
+    controller = Controller(SlowAcceptingHandler(delay), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    signal.sigwait({signal.SIGTERM})
+    controller.stop()
+
+
+class SmtpProcess:
+    def __init__(self, port: int, delay: float):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.port, ready = port, context.Event()
+        self.process = context.Process(target=serve_smtp, args=(port, delay, ready), daemon=True)
+        self.process.start()
+        if not ready.wait(30):
+            raise SystemExit("the bench SMTP server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(10)
 
 
 class ConnectionSampler(threading.Thread):
@@ -74,20 +112,38 @@ class ConnectionSampler(threading.Thread):
         return peak
 
 
+def post_office(spec: str, messages: int, db_url: str, smtp_port: int) -> dict:
+    """django-post-office's send_queued_mail on the same database server and SMTP server (bench/post_office_peer.py)."""
+    import json
+    import subprocess
+
+    processes, threads, batch = (int(x) for x in spec.split("x"))
+    env = {**os.environ, "DATABASE_URL": db_url, "DJANGO_SETTINGS_MODULE": "bench.post_office_settings",
+           "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(smtp_port), "POST_OFFICE_THREADS": str(threads),
+           "POST_OFFICE_BATCH_SIZE": str(batch)}
+    env.pop("CELERY_BROKER_URL", None)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "post_office_peer.py"), str(messages), str(processes)],
+                         env=env, capture_output=True, text=True, timeout=3600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     args = parse_args()
     db_url, drop_database = scratch_database("mail")
     os.environ["DATABASE_URL"] = db_url
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.test"
+    if args.batch_size:  # enqueue_bulk cuts the batches in this process
+        os.environ["MAIL_BULK_BATCH_SIZE"] = str(args.batch_size)
 
     import django
 
     django.setup()
-    from aiosmtpd.controller import Controller
+    from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
     from django_celery_results.models import TaskResult
 
+    from apps.mail import services
     from apps.mail.models import Message, Status
     from apps.mail.tasks import bulk_send_message, probe, send_message
     from project.celery import app
@@ -106,15 +162,14 @@ def main():
     app.conf.broker_url = broker_url
     app._pool = None
     app.amqp._producer_pool = None
-    handler = SlowAcceptingHandler(args.smtp_delay)
-    smtp = Controller(handler, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = SmtpProcess(free_port(), args.smtp_delay)
     pg = connection.vendor == "postgresql"
     sampler = ConnectionSampler(db_url.replace("postgres://", "postgresql://") + "?application_name=bench-sampler") \
         if pg else None
     worker = Worker("io", broker_url, db_url, env={
         "IO_CONCURRENCY": str(args.concurrency), "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(smtp.port),
-        "MAIL_DOMAIN_RATE": "0", "IO_DB_POOL_MAX_SIZE": str(args.pool), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        "MAIL_DOMAIN_RATE": "0", "IO_DB_POOL_MAX_SIZE": str(args.pool),
+        **({"MAIL_BULK_BATCH_SIZE": str(args.batch_size)} if args.batch_size else {}), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
     })
     results = {}
     try:
@@ -160,23 +215,37 @@ def main():
             ], batch_size=1000)
             return list(Message.objects.filter(idempotency_key__startswith=f"bench-{tag}-").values_list("pk", flat=True))
 
-        lanes = [("bulk", True, bulk_send_message, "mail_bulk")]
-        if not args.skip_transactional:
-            lanes.append(("transactional", False, send_message, "mail"))
+        wanted = [lane for lane in args.lanes.split(",") if lane]
+        if args.skip_transactional and "transactional" in wanted:
+            wanted.remove("transactional")
+        lanes = [lane for lane in (("bulk", True, bulk_send_message, "mail_bulk"),
+                                   ("batched", True, None, "mail_bulk"),
+                                   ("transactional", False, send_message, "mail")) if lane[0] in wanted]
         for label, bulk, task, queue in lanes:
             ids = []
 
             def publish(bulk=bulk, task=task, ids=ids):
+                if task is None:  # the way in for a newsletter: one call, batches of MAIL_BULK_BATCH_SIZE
+                    tag = uuid.uuid4().hex[:6]
+                    stored = services.enqueue_bulk(
+                        dict(idempotency_key=f"bench-{tag}-{i}", from_email="bench@example.com",
+                             to=[f"user{i}@d{i % 50}.example.com"], subject=f"bench {i}", body="hello " * 20)
+                        for i in range(args.messages))
+                    ids.extend(message.pk for message, _ in stored)
+                    return
                 ids.extend(make_messages(bulk))
                 publish_tasks(task, ids)
 
-            results[label] = drain(queue, publish,
-                                   lambda ids=ids: Message.objects.filter(pk__in=ids, status=Status.SENT).count())
+            # Counted by id range: an IN list of every id, every 50 ms, cost the bench more than the count.
+            results[label] = drain(queue, publish, lambda ids=ids: Message.objects.filter(
+                pk__gte=min(ids), pk__lte=max(ids), status=Status.SENT).count())
             results[f"{label}_peak_db"] = sampler.reset() if sampler else None
             windows = [(m.sent_at - m.smtp_accepted_at).total_seconds() * 1000
                        for m in Message.objects.filter(pk__in=ids).only("sent_at", "smtp_accepted_at")]
             results[f"{label}_window_ms"] = (statistics.median(windows), sorted(windows)[int(len(windows) * .99) - 1],
                                              max(windows))
+        for spec in filter(None, args.peer.split(",")):
+            results[f"post_office {spec}"] = post_office(spec, args.messages, db_url, smtp.port)
     finally:
         if sampler:
             sampler.stop_event.set()
@@ -188,10 +257,16 @@ def main():
 
     load = open("/proc/loadavg").read().split()[:3]
     print(f"database={connection.vendor} -c {args.concurrency} messages={args.messages} "
-          f"smtp_delay={args.smtp_delay * 1000:.0f}ms db_pool={args.pool if pg else '-'} loadavg={' '.join(load)}")
+          f"smtp_delay={args.smtp_delay * 1000:.0f}ms db_pool={args.pool if pg else '-'} "
+          f"batch={settings.MAIL_BULK_BATCH_SIZE} loadavg={' '.join(load)}")
     print(f"no-op drain (mail.probe, results stored): {results['noop']:.1f} tasks/s"
           + (f", peak DB connections {results['noop_peak_db']}" if pg else ""))
-    for label in ("bulk", "transactional"):
+    for label, peer in results.items():
+        if label.startswith("post_office"):
+            print(f"{label:<13} (peer): {peer['per_second']:.1f} msg/s ({peer['sent']} of {peer['messages']} sent in "
+                  f"{peer['seconds']} s; {peer['processes']} processes x {peer['threads_per_process']} threads, "
+                  f"batches of {peer['batch_size']})")
+    for label in ("bulk", "batched", "transactional"):
         if label in results:
             p50, p99, worst = results[f"{label}_window_ms"]
             print(f"{label:<13} delivery: {results[label]:.1f} msg/s = {results[label] / results['noop']:.2f} x no-op"
