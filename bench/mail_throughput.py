@@ -35,6 +35,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--concurrency", type=int, default=200)
     parser.add_argument("-n", "--messages", type=int, default=2000)
+    parser.add_argument("--baseline-messages", type=int, default=None,
+                        help="no-op tasks for the baseline drain (default: --messages)")
     parser.add_argument("--smtp-delay", type=float, default=0.1, help="seconds the SMTP server waits per message")
     parser.add_argument("--pool", type=int, default=30, help="IO_DB_POOL_MAX_SIZE (PostgreSQL)")
     parser.add_argument("--skip-transactional", action="store_true")
@@ -49,17 +51,21 @@ def parse_args():
 
 
 class SlowAcceptingHandler:
-    def __init__(self, delay: float):
+    def __init__(self, delay: float, received=None):
         self.delay = delay
         self.count = 0
+        self.received = received  # a shared counter: the bench checks every message arrived once
 
     async def handle_DATA(self, server, session, envelope):
         await asyncio.sleep(self.delay)
         self.count += 1
+        if self.received is not None:
+            with self.received.get_lock():
+                self.received.value += 1
         return f"250 2.0.0 Ok: queued as BENCH{self.count}"
 
 
-def serve_smtp(port: int, delay: float, ready) -> None:
+def serve_smtp(port: int, delay: float, ready, received) -> None:
     """The SMTP server, in a process of its own: in the bench's process its event loop shared the GIL with
     Django's polling, which slowed the server's replies down under load."""
     import signal
@@ -67,7 +73,7 @@ def serve_smtp(port: int, delay: float, ready) -> None:
     from aiosmtpd.controller import Controller
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the server's thread: sigwait takes it
-    controller = Controller(SlowAcceptingHandler(delay), hostname="127.0.0.1", port=port)
+    controller = Controller(SlowAcceptingHandler(delay, received), hostname="127.0.0.1", port=port)
     controller.start()
     ready.set()
     signal.sigwait({signal.SIGTERM})
@@ -79,8 +85,8 @@ class SmtpProcess:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        self.port, ready = port, context.Event()
-        self.process = context.Process(target=serve_smtp, args=(port, delay, ready), daemon=True)
+        self.port, ready, self.received = port, context.Event(), context.Value("q", 0)
+        self.process = context.Process(target=serve_smtp, args=(port, delay, ready, self.received), daemon=True)
         self.process.start()
         if not ready.wait(30):
             raise SystemExit("the bench SMTP server did not start")
@@ -177,7 +183,9 @@ def main():
         if sampler:
             sampler.start()
 
-        def drain(queue: str, publish, done) -> float:
+        baseline = args.baseline_messages or args.messages
+
+        def drain(queue: str, publish, done, expected: int = args.messages) -> float:
             app.control.cancel_consumer(queue, destination=[worker.nodename], reply=True)
             publish()
             time.sleep(1)
@@ -185,11 +193,11 @@ def main():
                 sampler.reset()
             started = time.monotonic()
             app.control.add_consumer(queue, destination=[worker.nodename], reply=True)
-            while done() < args.messages:
+            while done() < expected:
                 if not worker.alive():
                     raise SystemExit(f"worker died:\n{worker.log()[-3000:]}")
                 time.sleep(0.05)
-            return args.messages / (time.monotonic() - started)
+            return expected / (time.monotonic() - started)
 
         def publish_tasks(task, ids):
             with app.producer_or_acquire() as producer:
@@ -200,10 +208,10 @@ def main():
 
         def publish_probes():
             with app.producer_or_acquire() as producer:
-                probe_ids.extend(probe.apply_async(producer=producer).id for _ in range(args.messages))
+                probe_ids.extend(probe.apply_async(producer=producer).id for _ in range(baseline))
 
         results["noop"] = drain("mail", publish_probes,
-                                lambda: TaskResult.objects.filter(task_id__in=probe_ids, status="SUCCESS").count())
+                                lambda: TaskResult.objects.filter(task_id__in=probe_ids, status="SUCCESS").count(), baseline)
         results["noop_peak_db"] = sampler.reset() if sampler else None
 
         def make_messages(bulk: bool) -> list[int]:
@@ -246,6 +254,8 @@ def main():
                                              max(windows))
         for spec in filter(None, args.peer.split(",")):
             results[f"post_office {spec}"] = post_office(spec, args.messages, db_url, smtp.port)
+        sent = len(lanes) * args.messages + sum(r["sent"] for k, r in results.items() if k.startswith("post_office"))
+        results["received"], results["expected"] = smtp.received.value, sent
     finally:
         if sampler:
             sampler.stop_event.set()
@@ -261,6 +271,8 @@ def main():
           f"batch={settings.MAIL_BULK_BATCH_SIZE} loadavg={' '.join(load)}")
     print(f"no-op drain (mail.probe, results stored): {results['noop']:.1f} tasks/s"
           + (f", peak DB connections {results['noop_peak_db']}" if pg else ""))
+    print(f"SMTP server received {results['received']} messages; sent {results['expected']} "
+          + ("(each once)" if results["received"] == results["expected"] else "(MISMATCH)"))
     for label, peer in results.items():
         if label.startswith("post_office"):
             print(f"{label:<13} (peer): {peer['per_second']:.1f} msg/s ({peer['sent']} of {peer['messages']} sent in "
@@ -272,6 +284,9 @@ def main():
             print(f"{label:<13} delivery: {results[label]:.1f} msg/s = {results[label] / results['noop']:.2f} x no-op"
                   + (f", peak DB connections {results[f'{label}_peak_db']}" if pg else "")
                   + f"; accepted->SENT commit p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
+
+    if results["received"] != results["expected"]:
+        raise SystemExit("the SMTP server did not receive every message exactly once")
 
 
 if __name__ == "__main__":
