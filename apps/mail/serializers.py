@@ -31,3 +31,20 @@ class MessageOut(OutputModelSerializer):
         fields = ["id", "idempotency_key", "status", "bulk", "from_email", "to", "cc", "subject", "template",
                   "attempts", "max_attempts", "last_error", "smtp_code", "smtp_reply", "task_id", "created_at",
                   "updated_at", "next_attempt_at", "sent_at"]
+
+
+class BatchIn(serializers.Serializer):
+    """Each message has the fields of MessageIn less attachments and bulk (services.BULK_FIELDS); they are
+    checked by services.enqueue_bulk, whose errors name the message (``messages[3].to``)."""
+    messages = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=10_000)
+
+
+class BatchMessageOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    created = serializers.BooleanField()
+
+
+class BatchOut(serializers.Serializer):
+    created = serializers.IntegerField(help_text="messages stored by this call (the rest were stored earlier)")
+    messages = BatchMessageOut(many=True)

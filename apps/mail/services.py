@@ -31,7 +31,7 @@ from email.utils import formatdate
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.template import TemplateDoesNotExist
@@ -238,6 +238,8 @@ def enqueue_bulk(messages: Iterable[Mapping]) -> list[tuple[Message, bool]]:
         new_rows = [(i, _bulk_row(i, item, key)) for i, (item, key) in enumerate(zip(items, keys))
                     if key not in stored]
         batches = _in_batches([row for _, row in new_rows])
+        if not batches:
+            break
         try:
             with transaction.atomic():
                 Message.objects.bulk_create([row for _, row in new_rows], batch_size=1000)
@@ -423,8 +425,9 @@ def _release_db_connection() -> None:
     """Give the pooled PostgreSQL connection back before a network conversation of unknown length,
     so -c 500 green threads share a few connections. Without a pool (SQLite) keep it: reconnecting
     costs more than it frees."""
-    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
-        connection.close()
+    db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of the proxy looks the connection up again
+    if db.connection is not None and getattr(db, "pool", None) is not None and not db.in_atomic_block:
+        db.close()
 
 
 def _record(message_id: int, me: str, **fields) -> bool:

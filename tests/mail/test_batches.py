@@ -92,6 +92,27 @@ def test_a_refused_batch_stays_queued_and_a_repeat_enqueues_it(settings, monkeyp
     assert not Message.objects.exclude(last_error="").exists()
 
 
+def test_http_batches(django_user_model, batches_published):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    body = {"messages": newsletter(3, tag="api")}
+    assert client.post("/api/v1/mail/batches/", body, format="json").status_code in (401, 403)
+    client.force_authenticate(django_user_model.objects.create_user("u", password="p"))
+    created = client.post("/api/v1/mail/batches/", body, format="json")
+    assert created.status_code == 201 and created.json()["created"] == 3
+    assert [m["status"] for m in created.json()["messages"]] == ["QUEUED"] * 3
+    again = client.post("/api/v1/mail/batches/", body, format="json")
+    assert again.status_code == 200 and again.json()["created"] == 0
+    assert [m["id"] for m in again.json()["messages"]] == [m["id"] for m in created.json()["messages"]]
+    bad = client.post("/api/v1/mail/batches/", {"messages": newsletter(1, tag="api2") + [{"to": ["nope"]}]},
+                      format="json")
+    assert bad.status_code == 400 and bad.json()["field"] == "messages[1].to" and "nope" in bad.json()["error"]
+    empty = client.post("/api/v1/mail/batches/", {"messages": []}, format="json")
+    assert empty.status_code == 400 and empty.json()["field"] == "messages"
+    assert Message.objects.count() == 3 and len(batches_published) == 1
+
+
 # --- the SENT group writer ------------------------------------------------------------------------------
 
 def _sending(n: int, me: str) -> list[Message]:
