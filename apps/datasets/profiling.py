@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import math
 import os
-from collections import Counter, deque
+import struct
+from collections import Counter
 from datetime import date, datetime
 
 import datasketches as ds
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 HLL_LG_K = 12  # ~1.6% relative standard error
+HLL_K = 1 << HLL_LG_K
 KLL_K = 200  # ~1.65% normalized rank error
 FREQ_LG_MAX_K = 10
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -72,6 +74,8 @@ def _distinct_values(values: pa.Array, kind: str) -> list:
     integers, booleans and text are JSON already; a float column only needs its few non-finite values as text."""
     if kind in ("integer", "boolean", "string"):
         return values.to_pylist()
+    if pa.types.is_date32(values.type):  # Arrow's text of a date32 is date.isoformat() (years 1-9999 as 4 digits)
+        return values.cast(pa.string()).to_pylist()
     if kind == "float" and pa.types.is_floating(values.type):
         python = values.to_pylist()
         for i in np.flatnonzero(~np.isfinite(values.to_numpy(zero_copy_only=False))):
@@ -84,6 +88,95 @@ def _finite(value):
     return value if value is None or not isinstance(value, float) or math.isfinite(value) else None
 
 
+# --- sketches built from arrays ---------------------------------------------------------------------
+# datasketches has no array update for HLL or frequent items, and one Python-level call per distinct value
+# was most of a chunk's time (issue 17). A chunk builds both sketches with numpy instead and hands over
+# their standard serialized images, which datasketches deserializes, merges and estimates as before:
+#
+# * HLL: each distinct value's 64-bit hash (HLL_HASH) -> slot (low LG_K bits) and rank (leading zeros of
+#   the other bits + 1); registers = max rank per slot (an HLL_8 image, mergeable across chunks and children
+#   by max, which is what hll_union does). The image is flagged out-of-order, so datasketches estimates it
+#   with its composite estimator (the one any union result uses) from registers, kxq and the zero count
+#   written here.
+# * frequent items: the chunk's exact value counts are known (value_counts), so it keeps the FREQ_KEPT
+#   most frequent values with their exact counts and sets the sketch's offset to the largest count it
+#   dropped. Every value's true count is then within [lower bound, lower bound + offset], the sketch's own
+#   invariant, and offset <= rows / (FREQ_KEPT + 1), inside the sketch's a-priori error (epsilon * weight).
+
+HLL_HASH = "fmix64(value bits) / fmix64(polars hash) v1"  # in each partial: chunks hashed differently never merge
+FREQ_KEPT = 3 * (1 << FREQ_LG_MAX_K) // 4  # 768: what a frequent-items map of FREQ_LG_MAX_K holds
+_FMIX_1, _FMIX_2, _SHIFT_33 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: a bijection that spreads every input bit over every output bit."""
+    h = h ^ (h >> _SHIFT_33)
+    h *= _FMIX_1
+    h ^= h >> _SHIFT_33
+    h *= _FMIX_2
+    h ^= h >> _SHIFT_33
+    return h
+
+
+def value_hashes(values: pa.Array, kind: str) -> np.ndarray:
+    """A 64-bit hash per value, the same for the same value in any chunk and any process.
+
+    Fixed-width values hash their own bits (no collisions before the HLL's slots); text and anything else
+    hash polars' seeded hash (what row_hashes uses), finalised the same way.
+    """
+    if kind in ("integer", "float", "boolean") and not pa.types.is_decimal(values.type):
+        array = values.to_numpy(zero_copy_only=False)
+        if kind == "float":
+            bits = array.astype(np.float64, copy=False).view(np.uint64)
+        else:
+            bits = array.astype(np.uint64 if array.dtype.kind == "u" else np.int64, copy=False).view(np.uint64)
+    elif kind in ("date", "timestamp"):
+        width = pa.int32() if pa.types.is_date32(values.type) else pa.int64()
+        bits = values.view(width).to_numpy().astype(np.int64).view(np.uint64)
+    else:
+        os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core per prefork child
+        import polars as pl
+
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            values = values.cast(pa.string())
+        bits = pl.from_arrow(values).hash(seed=0, seed_1=1, seed_2=2, seed_3=3).to_numpy()
+    return _fmix64(bits.copy() if not bits.flags.writeable else bits)
+
+
+def hll_registers(hashes: np.ndarray) -> np.ndarray:
+    """HLL registers (one byte per slot) from 64-bit hashes."""
+    slots = (hashes & np.uint64(HLL_K - 1)).astype(np.intp)
+    _mantissa, bit_length = np.frexp((hashes >> np.uint64(HLL_LG_K)).astype(np.float64))  # exact below 2**53
+    ranks = (64 - HLL_LG_K + 1 - bit_length).astype(np.uint8)
+    registers = np.zeros(HLL_K, dtype=np.uint8)
+    np.maximum.at(registers, slots, ranks)
+    return registers
+
+
+def hll_image(registers: np.ndarray) -> bytes:
+    """The serialized image of an HLL_8 sketch (HLL mode, out of order) holding ``registers``."""
+    inverse = np.exp2(-registers.astype(np.float64))
+    head = struct.pack("<BBBBBBBBdddII", 10, 1, 7, HLL_LG_K, 0, _HLL_OUT_OF_ORDER, 0, _HLL_MODE_HLL_8,
+                       0.0, float(inverse[registers < 32].sum()), float(inverse[registers >= 32].sum()),
+                       int(np.count_nonzero(registers == 0)), 0)
+    return head + registers.tobytes()
+
+
+def frequent_items_image(keys: list[str], counts, total_weight: int, offset: int) -> bytes:
+    """The serialized image of a frequent_strings_sketch(FREQ_LG_MAX_K) holding ``keys`` with ``counts``."""
+    lg_cur = 3
+    while 3 * (1 << lg_cur) // 4 < len(keys):
+        lg_cur += 1
+    head = struct.pack("<BBBBBBHIIqq", 4, 1, 10, FREQ_LG_MAX_K, lg_cur, 0, 0, len(keys), 0, total_weight, offset)
+    encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
+    return b"".join([head, np.asarray(counts, dtype=np.int64).tobytes(),
+                     *(struct.pack("<I", len(e)) + e for e in encoded)])
+
+
+_HLL_OUT_OF_ORDER = 16  # flags byte: estimate with the composite estimator, not HIP
+_HLL_MODE_HLL_8 = 2 | (2 << 2)  # current mode HLL, target type HLL_8
+
+
 # --- one chunk ---------------------------------------------------------------------------------------
 
 def profile_column(column: pa.ChunkedArray, exact_distinct_bound: int) -> dict:
@@ -94,18 +187,23 @@ def profile_column(column: pa.ChunkedArray, exact_distinct_bound: int) -> dict:
         return part
     valid = pc.drop_null(column)
     counts = pc.value_counts(valid)
-    values = _distinct_values(counts.field("values"), kind)
-    frequencies = counts.field("counts").to_pylist()
-    hll = ds.hll_sketch(HLL_LG_K)
-    freq = ds.frequent_strings_sketch(FREQ_LG_MAX_K)
-    # One sketch call per distinct value (datasketches has no array update for these two): driven by map()
-    # in C, not a Python loop, which was most of a chunk's time (issue 17's profile). Booleans go to the
-    # HLL as ints (as isinstance(True, int) always sent them); the frequent items are keyed by str(value).
-    deque(map(hll.update, values), maxlen=0)
-    deque(map(freq.update, values if kind == "string" else map(str, values), frequencies), maxlen=0)
-    part["hll"] = _b64(hll.serialize_compact())
-    part["freq"] = _b64(freq.serialize())
-    part["exact"] = [[v, n] for v, n in zip(values, frequencies)] if len(values) <= exact_distinct_bound else None
+    distinct, frequencies = counts.field("values"), counts.field("counts").to_numpy()
+    part["chunk_distinct"] = len(distinct)  # this chunk's own distinct count (the Parquet copy's encoding)
+    part["hll"] = _b64(hll_image(hll_registers(value_hashes(distinct, kind))))
+    part["hll_hash"] = HLL_HASH
+    values = _distinct_values(distinct, kind) if len(distinct) <= max(exact_distinct_bound, FREQ_KEPT) else None
+    if len(distinct) <= FREQ_KEPT:
+        kept, offset = values, 0
+        kept_counts = frequencies
+    else:
+        order = np.argpartition(frequencies, len(frequencies) - FREQ_KEPT - 1)
+        top, offset = order[-FREQ_KEPT:], int(frequencies[order[-FREQ_KEPT - 1]])  # the largest count dropped
+        kept, kept_counts = _distinct_values(distinct.take(pa.array(top)), kind), frequencies[top]
+    # Frequent items are keyed by str(value), as when the sketch was fed value by value.
+    part["freq"] = _b64(frequent_items_image(kept if kind == "string" else list(map(str, kept)), kept_counts,
+                                             part["count"], offset))
+    part["exact"] = ([[v, n] for v, n in zip(values, frequencies.tolist())]
+                     if len(distinct) <= exact_distinct_bound else None)
 
     if kind in ("integer", "float"):
         minmax = pc.min_max(valid)
@@ -183,6 +281,7 @@ class ColumnAccumulator:
         self.has_values = False
         self.exact: Counter | None = Counter()
         self.hll = ds.hll_union(HLL_LG_K)
+        self.hll_hash = ()  # the hashing of the first part with values; every other part must match it
         self.freq = self.kll = None
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
         self.min = self.max = self.min_length = self.max_length = None
@@ -194,6 +293,11 @@ class ColumnAccumulator:
         if not part["count"] or "hll" not in part:
             return
         self.has_values = True
+        if self.hll_hash == ():
+            self.hll_hash = part.get("hll_hash")
+        elif part.get("hll_hash") != self.hll_hash:  # two code versions profiled this import's chunks
+            raise ValueError(f"the chunks' distinct-count sketches hash values differently ({self.hll_hash!r} and "
+                             f"{part.get('hll_hash')!r}): the import ran on two versions of the code; import it again")
         self.hll.update(ds.hll_sketch.deserialize(_unb64(part["hll"])))
         freq = ds.frequent_strings_sketch.deserialize(_unb64(part["freq"]))
         if self.freq is None:
