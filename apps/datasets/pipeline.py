@@ -85,8 +85,9 @@ def process_chunk(plan: Plan, chunk: Chunk, workdir: Path, limits: Limits) -> di
     ensure_unchanged(plan, what)
     table = parse_chunk(plan, chunk, plan.schema)
     ensure_unchanged(plan, what)  # what was read is what the scan saw
-    pq.write_table(table, parquet_dir(workdir) / f"part-{chunk.index:05d}.parquet")
     part = profiling.profile_table(table, limits.exact_distinct_bound)
+    pq.write_table(table, parquet_dir(workdir) / f"part-{chunk.index:05d}.parquet",
+                   use_dictionary=dictionary_columns(part))
     hashes = profiling.row_hashes(table)
     groups = hashes % np.uint64(plan.hash_groups)
     for group in range(plan.hash_groups):
@@ -95,6 +96,15 @@ def process_chunk(plan: Plan, chunk: Chunk, workdir: Path, limits: Limits) -> di
     return {"index": chunk.index, "rows": table.num_rows, "peak_rss_kib": peak_rss_kib(), "done_before": done_before,
             "seconds": round(time.monotonic() - started, 3), "arrow_threads": pa.cpu_count(),
             "cpu_seconds": round(time.process_time() - cpu_started, 3)}
+
+
+def dictionary_columns(part: dict) -> list[str]:
+    """Columns of the chunk's Parquet copy worth dictionary encoding: at most a quarter of their values
+    distinct in the chunk. Beyond that pyarrow's default (dictionary first, plain once the dictionary page
+    is full) spent a third of the write on dictionaries it then dropped (36 -> 27 ms per 100,000 rows of
+    the benchmark's file, 2.3 -> 2.1 MB)."""
+    return [name for name, column in part["columns"].items()
+            if column.get("chunk_distinct", column["count"]) * 4 <= max(column["count"], 1)]
 
 
 def merge_chunks(plan: Plan, workdir: Path, limits: Limits, meta: dict) -> dict:
