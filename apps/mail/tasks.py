@@ -78,11 +78,12 @@ def _message_ids(value) -> list[int]:
 @shared_task(name="mail.bulk_send_batch", ignore_result=True, **TASK_OPTIONS)
 def bulk_send_batch(self, message_ids: list[int]) -> str:
     """Deliver a batch of bulk messages (queue mail_bulk), one after another in this task: one claim for the
-    batch, one outcome per message on its row. Messages not started within half the soft time limit are
-    handed back and go on in a continuation batch; retries, throttled and busy messages go on as single
+    batch, one outcome per message on its row. Messages not started within MAIL_BULK_BATCH_SECONDS (or half
+    the soft time limit, if less) are handed back and go on in a continuation batch; retries, throttled and busy messages go on as single
     deliveries (mail.bulk_send_message). No result row: the outbox rows are the record."""
     soft_limit, _ = self.effective_time_limits()
-    result = services.deliver_batch(_message_ids(message_ids), self.request.id or "", budget=(soft_limit or 60) / 2)
+    budget = min(settings.MAIL_BULK_BATCH_SECONDS, (soft_limit or 60) / 2)
+    result = services.deliver_batch(_message_ids(message_ids), self.request.id or "", budget=budget)
     summary = ", ".join(f"{status} {n}" for status, n in sorted(result.counts.items()) if n)
     return (f"{summary}; later {len(result.later)}, continued {len(result.left)}")[:500]
 

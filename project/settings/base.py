@@ -391,6 +391,10 @@ MAIL_DOMAIN_BURST = env_int("MAIL_DOMAIN_BURST", 10)  # messages a quiet domain 
 MAIL_MAX_ATTACHMENT_BYTES = env_int("MAIL_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024)  # per attachment
 MAIL_MAX_RECIPIENTS = env_int("MAIL_MAX_RECIPIENTS", 100)  # per message (to + cc + bcc)
 MAIL_BULK_BATCH_SIZE = env_int("MAIL_BULK_BATCH_SIZE", 25)  # messages per mail.bulk_send_batch task (enqueue_bulk)
+# A batch starts no conversation after this many seconds (or half its soft time limit, if less); the rest go on
+# in a continuation batch. It bounds how long a batch holds a green thread, which is what a transactional
+# message waits for when every green thread is busy with bulk mail (docs/mail.md, "Bulk in batches").
+MAIL_BULK_BATCH_SECONDS = float(os.environ.get("MAIL_BULK_BATCH_SECONDS", 10))
 if not 1 <= MAIL_BULK_BATCH_SIZE <= 1000:  # mail.bulk_send_batch refuses more than 1,000 ids
     raise ValueError(f"MAIL_BULK_BATCH_SIZE must be 1 to 1000, got {MAIL_BULK_BATCH_SIZE}")
 MAIL_REQUEUE_AFTER = env_int("MAIL_REQUEUE_AFTER", 15 * 60)  # s; QUEUED rows this overdue are re-enqueued

@@ -59,3 +59,41 @@ def test_transactional_overtakes_5000_waiting_bulk_messages(start_mail_worker, m
         with Connection(mail_broker_url) as conn:
             conn.default_channel.queue_purge("mail_bulk")
         Message.objects.filter(bulk=True, status=Status.QUEUED).update(status=Status.CANCELLED)
+
+
+def test_transactional_overtakes_a_newsletter_sent_in_batches(start_mail_worker, mail_broker_url, smtp_server,
+                                                              settings, monkeypatch):
+    """The same with enqueue_bulk: a batch holds its green thread for the whole batch (25 x 0.2 s here), so a
+    transactional message waits for the next batch to end, not for the backlog."""
+    from apps.mail.tasks import bulk_send_batch
+
+    monkeypatch.setattr(bulk_send_batch, "soft_time_limit", 60)  # the limits travel in the message
+    monkeypatch.setattr(bulk_send_batch, "time_limit", 70)
+    settings.MAIL_BULK_BATCH_SIZE = 25
+    worker = start_mail_worker(IO_CONCURRENCY=20, MAIL_CLAIM_LEASE=120)
+    tag = uuid.uuid4().hex[:6]
+    services.enqueue_bulk(dict(to=[f"n{i}@bulk.test"], subject=f"newsletter {i}", body="news", max_attempts=1,
+                               idempotency_key=f"nl-{tag}-{i}") for i in range(BULK))
+    try:
+        def waiting():
+            return Message.objects.filter(bulk=True, idempotency_key__startswith=f"nl-{tag}-",
+                                          status=Status.QUEUED).count()
+
+        waiting_before = waiting()
+        assert waiting_before > 1000, "the newsletter must be waiting when the transactional message arrives"
+        started = time.monotonic()
+        message, _ = services.enqueue(to=["reset2@accept.test"], subject="Password reset", body="link")
+        row = wait_for(lambda: Message.objects.filter(pk=message.pk, status=Status.SENT).first(), timeout=60,
+                       interval=0.05, message="the transactional message to be sent")
+        took = time.monotonic() - started
+        waiting_after = waiting()
+        print(f"transactional sent in {took:.2f}s; newsletter messages waiting {waiting_before} -> {waiting_after}")
+        assert row.status == Status.SENT
+        assert waiting_after > 500, "it overtook the newsletter instead of waiting for it"
+        assert took < 20
+    finally:
+        worker.stop()
+        from kombu import Connection
+
+        with Connection(mail_broker_url) as conn:
+            conn.default_channel.queue_purge("mail_bulk")
