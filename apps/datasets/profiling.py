@@ -19,11 +19,14 @@ import os
 import struct
 from collections import Counter
 from datetime import date, datetime
+from decimal import Decimal
 
 import datasketches as ds
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from apps.datasets.source import DatasetInputError
 
 HLL_LG_K = 12  # ~1.6% relative standard error
 HLL_K = 1 << HLL_LG_K
@@ -47,8 +50,10 @@ def kind_of(arrow_type: pa.DataType) -> str:
         return "boolean"
     if pa.types.is_integer(arrow_type):
         return "integer"
-    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+    if pa.types.is_floating(arrow_type):
         return "float"
+    if pa.types.is_decimal(arrow_type):  # exact values: reported as decimal text, never through a float
+        return "decimal"
     if pa.types.is_date(arrow_type):
         return "date"
     if pa.types.is_timestamp(arrow_type):
@@ -75,6 +80,8 @@ def _distinct_values(values: pa.Array, kind: str) -> list:
     if kind in ("integer", "boolean", "string"):
         return values.to_pylist()
     if pa.types.is_date32(values.type):  # Arrow's text of a date32 is date.isoformat() (years 1-9999 as 4 digits)
+        return values.cast(pa.string()).to_pylist()
+    if kind == "decimal":  # Arrow's text of a decimal is str(decimal.Decimal): every digit of the scale kept
         return values.cast(pa.string()).to_pylist()
     if kind == "float" and pa.types.is_floating(values.type):
         python = values.to_pylist()
@@ -124,7 +131,7 @@ def value_hashes(values: pa.Array, kind: str) -> np.ndarray:
     Fixed-width values hash their own bits (no collisions before the HLL's slots); text and anything else
     hash polars' seeded hash (what row_hashes uses), finalised the same way.
     """
-    if kind in ("integer", "float", "boolean") and not pa.types.is_decimal(values.type):
+    if kind in ("integer", "float", "boolean"):
         array = values.to_numpy(zero_copy_only=False)
         if kind == "float":
             bits = array.astype(np.float64, copy=False).view(np.uint64)
@@ -205,11 +212,15 @@ def profile_column(column: pa.ChunkedArray, exact_distinct_bound: int) -> dict:
     part["exact"] = ([[v, n] for v, n in zip(values, frequencies.tolist())]
                      if len(distinct) <= exact_distinct_bound else None)
 
-    if kind in ("integer", "float"):
+    if kind in ("integer", "float", "decimal"):
         minmax = pc.min_max(valid)
-        floats = valid.cast(pa.float64()).to_numpy()
+        if kind == "decimal":  # exact, as text (a JSON number would pass through a float and lose digits)
+            low, high = minmax["min"].cast(pa.string()).as_py(), minmax["max"].cast(pa.string()).as_py()
+        else:
+            low, high = _finite(minmax["min"].as_py()), _finite(minmax["max"].as_py())
+        floats = valid.cast(pa.float64()).to_numpy()  # mean, M2 and the KLL sketch: floating point for every number
         finite = floats[np.isfinite(floats)]
-        part.update(min=_finite(minmax["min"].as_py()), max=_finite(minmax["max"].as_py()), n=int(finite.size),
+        part.update(min=low, max=high, n=int(finite.size),
                     mean=float(finite.mean()) if finite.size else 0.0,
                     m2=float(((finite - finite.mean()) ** 2).sum()) if finite.size else 0.0)
         kll = ds.kll_doubles_sketch(KLL_K)
@@ -226,10 +237,15 @@ def profile_column(column: pa.ChunkedArray, exact_distinct_bound: int) -> dict:
 
 
 def profile_table(table: pa.Table, exact_distinct_bound: int) -> dict:
-    return {
-        "rows": table.num_rows,
-        "columns": {name: profile_column(table.column(name), exact_distinct_bound) for name in table.column_names},
-    }
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        try:
+            columns[name] = profile_column(column, exact_distinct_bound)
+        except (OverflowError, ValueError) as exc:  # e.g. a date or timestamp past year 9999 has no Python value
+            raise DatasetInputError(f"column {name!r} ({column.type}) holds a value the profile cannot report: "
+                                    f"{type(exc).__name__}: {exc}", column=name) from None
+    return {"rows": table.num_rows, "columns": columns}
 
 
 def row_hashes(table: pa.Table) -> np.ndarray:
@@ -265,12 +281,12 @@ def duplicate_count(hash_groups) -> int:
 # Partial profiles are folded in one at a time, so the merge holds one chunk's partial plus the
 # accumulated state (sketches of fixed size, exact counts up to the bound), whatever the chunk count.
 
-def _lower(a, b):
-    return b if a is None else a if b is None else min(a, b)
+def _lower(a, b, key=None):
+    return b if a is None else a if b is None else min(a, b, key=key)
 
 
-def _upper(a, b):
-    return b if a is None else a if b is None else max(a, b)
+def _upper(a, b, key=None):
+    return b if a is None else a if b is None else max(a, b, key=key)
 
 
 class ColumnAccumulator:
@@ -312,7 +328,8 @@ class ColumnAccumulator:
                     self.exact[value] += n
                 if len(self.exact) > self.bound:
                     self.exact = None
-        self.min, self.max = _lower(self.min, part.get("min")), _upper(self.max, part.get("max"))
+        key = Decimal if self.kind == "decimal" else None  # decimal min/max are text: compare them as numbers
+        self.min, self.max = _lower(self.min, part.get("min"), key), _upper(self.max, part.get("max"), key)
         self.min_length = _lower(self.min_length, part.get("min_length"))
         self.max_length = _upper(self.max_length, part.get("max_length"))
         if part.get("n"):  # Chan et al.'s parallel update of (n, mean, M2)
@@ -333,8 +350,11 @@ class ColumnAccumulator:
         column = {"type": self.kind, "arrow_type": self.arrow_type, "count": self.count, "nulls": self.nulls,
                   "null_fraction": self.nulls / total if total else 0.0}
         if not self.has_values:
-            column["distinct"] = {"value": 0, "exact": True}
-            column["top_values"] = {"exact": True, "values": []}
+            if self.count:  # a type that is counted, not profiled (kind "other": time, binary, duration, lists...)
+                column.update(distinct=None, top_values=None, profiled=False)
+            else:
+                column["distinct"] = {"value": 0, "exact": True}
+                column["top_values"] = {"exact": True, "values": []}
             return column
         if self.exact is not None:
             column["distinct"] = {"value": len(self.exact), "exact": True}
@@ -348,7 +368,7 @@ class ColumnAccumulator:
             column["top_values"] = {"exact": False, "method": "frequent items sketch",
                                     "max_error": int(self.freq.epsilon * self.freq.total_weight),
                                     "values": [[item, estimate] for item, estimate, _lower, _upper in items]}
-        if self.kind in ("integer", "float"):
+        if self.kind in ("integer", "float", "decimal"):
             column.update(self._numeric())
         elif self.kind in ("date", "timestamp"):
             column.update(min=self.min, max=self.max)
