@@ -149,6 +149,7 @@ NEEDS_BROKER = {
     "tests/core/test_worker_probes.py",
     "tests/datasets/test_bench.py",
     "tests/datasets/test_nothing_stuck.py",
+    "tests/mail/test_bench.py",
     "tests/tracing/test_bench.py",
     "tests/tracing/test_pipeline.py",
     # single tests: the API's worker control and pause answer 503 without RabbitMQ; publishing needs it
