@@ -17,6 +17,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -121,8 +122,28 @@ def caller_attributes(attributes: dict) -> dict:
 
 # --- normalisation (ingestion side, the gate) ------------------------------------------------------
 
+class Limits(NamedTuple):
+    """The configured ingestion limits, read once per batch (``read_limits()``), not per event and attribute:
+    ``conf.get`` goes through Django's LazySettings, which was a third of normalise's time when every event
+    and attribute read it (docs/tracing.md, "where direct trace ingestion's time goes")."""
+
+    max_attributes: int
+    max_attribute_length: int
+    max_attributes_bytes: int
+    max_future_skew_ns: int
+    max_past_age_ns: int
+
+
+def read_limits() -> Limits:
+    return Limits(conf.get("TRACING_MAX_ATTRIBUTES"), conf.get("TRACING_MAX_ATTRIBUTE_LENGTH"),
+                  conf.get("TRACING_MAX_ATTRIBUTES_BYTES"), int(conf.get("TRACING_MAX_FUTURE_SKEW") * 1e9),
+                  int(conf.get("TRACING_MAX_PAST_AGE") * 1e9))
+
+
 def _clean_text(value: str, limit: int, what: str, issues: list) -> str:
     """Text PostgreSQL and the collector accept: no NUL, no lone surrogates, at most ``limit`` chars."""
+    if value.isascii() and len(value) <= limit and "\x00" not in value:  # nearly always: nothing to do
+        return value
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
         issues.append(f"{what}: NUL characters replaced")
@@ -163,38 +184,70 @@ def _clean_value(value, key: str, limit: int, issues: list, depth: int = 0):
     return _clean_text(text, limit, f"attribute {key!r}", issues)
 
 
-def _plain(value) -> bool:
-    """A value ingestion stores as it is: short clean ASCII text, int64, finite float, bool, None."""
-    kind = type(value)
-    if kind is str:
-        return len(value) <= 256 and value.isascii() and "\x00" not in value
-    if kind is int:
-        return -(2**63) <= value < 2**63
-    if kind is float:
-        return math.isfinite(value)
-    return kind is bool or value is None
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+_STR = frozenset({str})
+_compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+KEY_MAX = 256
 
 
-def clean_attributes(attributes, issues: list, what: str = "attributes") -> dict:
+def plain_json(attributes: dict, limits: Limits) -> str | None:
+    """The attributes' compact JSON text if ingestion stores them exactly as they are, else None.
+
+    The fast path for nearly every event, checked with C-level operations on the object and on the one JSON
+    text that is then stored (``services._insert`` reuses it): at most ``max_attributes`` string keys; values
+    str, int, float, bool or None (a list or object goes the slow way); no NaN/Infinity (the encoder
+    refuses them); no ``\\u`` escape in the text, so every key and string is ASCII without NUL or other
+    control characters below U+0020 except the escaped ones JSON writes as ``\\n`` etc. (a literal
+    backslash-u in a value also lands here: it only costs the slow path); keys of at most 256 and strings of
+    at most ``max_attribute_length`` characters; integers within int64; the text within
+    ``max_attributes_bytes``. Anything else is decided by the slow path, which notes what it changes.
+    """
+    if len(attributes) > limits.max_attributes or not _STR.issuperset(map(type, attributes)):
+        return None
+    types = set(map(type, attributes.values()))
+    if not _PLAIN_TYPES.issuperset(types):
+        return None
+    try:
+        text = _compact_json(attributes)
+    except ValueError:  # NaN or Infinity
+        return None
+    size = len(text)
+    if size > limits.max_attributes_bytes or "\\u" in text:
+        return None
+    if size > KEY_MAX and max(map(len, attributes)) > KEY_MAX:
+        return None
+    if size > limits.max_attribute_length and str in types and \
+            max(len(value) for value in attributes.values() if type(value) is str) > limits.max_attribute_length:
+        return None
+    if int in types:
+        for value in attributes.values():
+            if type(value) is int and not -(2**63) <= value < 2**63:
+                return None
+    return text
+
+
+def clean_attributes(attributes, issues: list, what: str = "attributes", limits: Limits | None = None) -> dict:
+    return _attributes(attributes, issues, what, limits or read_limits())[0]
+
+
+def _attributes(attributes, issues: list, what: str, limits: Limits) -> tuple[dict, str | None]:
+    """(stored attributes, their JSON text or None when it is not known yet)."""
     if attributes is None:
-        return {}
+        return {}, "{}"
     if not isinstance(attributes, dict):
         issues.append(f"{what}: expected an object, got {type(attributes).__name__}; dropped")
-        return {}
-    max_count = conf.get("TRACING_MAX_ATTRIBUTES")
-    limit = conf.get("TRACING_MAX_ATTRIBUTE_LENGTH")
-    max_bytes = conf.get("TRACING_MAX_ATTRIBUTES_BYTES")
-    if len(attributes) <= max_count and all(map(_plain, attributes)) and all(map(_plain, attributes.values())):
-        # Fast path (nearly every event): nothing to change if the whole object fits the byte budget.
-        if len(json.dumps(attributes, separators=(",", ":"))) <= max_bytes:
-            return attributes
+        return {}, "{}"
+    text = plain_json(attributes, limits)
+    if text is not None:
+        return attributes, text
+    max_count, limit, max_bytes = limits.max_attributes, limits.max_attribute_length, limits.max_attributes_bytes
     items = list(attributes.items())
     if len(items) > max_count:
         issues.append(f"{what}: {len(items)} attributes, kept the first {max_count}")
         items = items[:max_count]
     cleaned, used = {}, 2
     for key, value in items:
-        key = _clean_text(str(key), 256, f"{what} key", issues)
+        key = _clean_text(str(key), KEY_MAX, f"{what} key", issues)
         value = _clean_value(value, key, limit, issues)
         size = len(json.dumps({key: value}, separators=(",", ":")))
         if used + size > max_bytes:
@@ -202,10 +255,12 @@ def clean_attributes(attributes, issues: list, what: str = "attributes") -> dict
             break
         cleaned[key] = value
         used += size
-    return cleaned
+    return cleaned, None
 
 
 def _ns(value, what: str) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             (isinstance(value, float) and not math.isfinite(value)):
         raise InvalidEvent(f"{what} must be a number of nanoseconds since the Unix epoch, got {value!r:.80}")
@@ -213,20 +268,47 @@ def _ns(value, what: str) -> int:
 
 
 def _id(value, pattern: re.Pattern, what: str) -> str:
+    if type(value) is str and pattern.fullmatch(value) and value.strip("0"):  # already lower case
+        return value
     if not isinstance(value, str) or not pattern.fullmatch(value.lower()) or not value.strip("0"):
         digits = 32 if pattern is _HEX32 else 16
         raise InvalidEvent(f"{what} must be {digits} hex digits, not all zero; got {value!r:.80}")
     return value.lower()
 
 
+def _choice(record: dict, key: str, default: str, allowed: set, fallback: str, issues: list) -> str:
+    value = record.get(key, default)
+    if type(value) is str and value in allowed:
+        return value
+    # Anything else, including a value that is not a string at all (a list would not even be hashable).
+    issues.append(f"{key} {value!r:.40} is unknown; stored as {fallback!r}")
+    return fallback
+
+
+def _text(record: dict, key: str, limit: int, issues: list) -> str:
+    value = record.get(key) or ""
+    return _clean_text(value if isinstance(value, str) else str(value), limit, key, issues)
+
+
 def to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
 
 
-def normalise(record, now_ns: int) -> dict:
-    """Model fields for one record (including ``issues``), or InvalidEvent."""
+ATTRIBUTES_JSON = "attributes_json"  # key of ``normalise``'s result: (the attributes object, its JSON text)
+
+
+def normalise(record, now_ns: int, limits: Limits | None = None) -> dict:
+    """Model fields for one record (including ``issues``), or InvalidEvent.
+
+    ``limits``: read them once per batch (``read_limits()``); without them they are read here. The result also
+    holds ``ATTRIBUTES_JSON``: the attributes object and its JSON text when the fast path produced it, so
+    storage serialises each event's attributes once; storage uses the text only while ``attributes`` is
+    still that very object.
+    """
     if not isinstance(record, dict):
         raise InvalidEvent(f"an event must be a JSON object, got {type(record).__name__}")
+    if limits is None:
+        limits = read_limits()
     issues: list[str] = []
     trace_id = _id(record.get("trace_id"), _HEX32, "trace_id")
     span_id = _id(record.get("span_id"), _HEX16, "span_id")
@@ -247,8 +329,8 @@ def normalise(record, now_ns: int) -> dict:
     if end_ns < start_ns:
         issues.append(f"end_ns {end_ns} is before start_ns {start_ns}; set to start_ns")
         end_ns = start_ns
-    future = now_ns + int(conf.get("TRACING_MAX_FUTURE_SKEW") * 1e9)
-    past = now_ns - int(conf.get("TRACING_MAX_PAST_AGE") * 1e9)
+    future = now_ns + limits.max_future_skew_ns
+    past = now_ns - limits.max_past_age_ns
     if not past <= start_ns <= future:
         duration = min(end_ns - start_ns, 24 * 3600 * 10**9)
         issues.append(
@@ -257,18 +339,9 @@ def normalise(record, now_ns: int) -> dict:
         )
         start_ns, end_ns = now_ns - duration, now_ns
 
-    kind = record.get("kind", "operation")
-    if kind not in KINDS:
-        issues.append(f"kind {kind!r:.40} is unknown; stored as 'other'")
-        kind = "other"
-    span_kind = record.get("span_kind", "internal")
-    if span_kind not in SPAN_KINDS:
-        issues.append(f"span_kind {span_kind!r:.40} is unknown; stored as 'internal'")
-        span_kind = "internal"
-    status = record.get("status", "unset")
-    if status not in STATUSES:
-        issues.append(f"status {status!r:.40} is unknown; stored as 'unset'")
-        status = "unset"
+    kind = _choice(record, "kind", "operation", KINDS, "other", issues)
+    span_kind = _choice(record, "span_kind", "internal", SPAN_KINDS, "internal", issues)
+    status = _choice(record, "status", "unset", STATUSES, "unset", issues)
 
     events = record.get("events") or []
     if not isinstance(events, list):
@@ -280,13 +353,12 @@ def normalise(record, now_ns: int) -> dict:
             clean_events.append({
                 "name": _clean_text(str(event.get("name", "")), NAME_MAX, "event name", issues),
                 "time_ns": event.get("time_ns") if isinstance(event.get("time_ns"), int) else start_ns,
-                "attributes": clean_attributes(event.get("attributes"), issues, "event attributes"),
+                "attributes": _attributes(event.get("attributes"), issues, "event attributes", limits)[0],
             })
-
-    def text(key: str, limit: int) -> str:
-        value = record.get(key) or ""
-        return _clean_text(value if isinstance(value, str) else str(value), limit, key, issues)
-
+    service = _text(record, "service", 100, issues)
+    scope = _text(record, "scope", 200, issues)
+    status_message = _text(record, "status_message", 4000, issues)
+    attributes, attributes_json = _attributes(record.get("attributes"), issues, "attributes", limits)
     return {
         "trace_id": trace_id,
         "span_id": span_id,
@@ -294,14 +366,15 @@ def normalise(record, now_ns: int) -> dict:
         "name": name,
         "kind": kind,
         "span_kind": span_kind,
-        "service": text("service", 100),
-        "scope": text("scope", 200),
+        "service": service,
+        "scope": scope,
         "start_ns": start_ns,
         "end_ns": end_ns,
         "start_time": to_datetime(start_ns),
         "status": status,
-        "status_message": text("status_message", 4000),
-        "attributes": clean_attributes(record.get("attributes"), issues),
+        "status_message": status_message,
+        "attributes": attributes,
         "events": clean_events,
         "issues": issues,
+        ATTRIBUTES_JSON: (attributes, attributes_json),
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
 import uuid
 from datetime import timedelta
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from apps.tracing import conf, otlp
 from apps.tracing.models import ExportStatus, RejectedEvent, TraceEvent
-from apps.tracing.records import InvalidEvent, normalise
+from apps.tracing.records import ATTRIBUTES_JSON, InvalidEvent, normalise, read_limits
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ def ingest_batch(records, batch_id: str) -> dict:
                                 records, now))
         records = []
     export_status = ExportStatus.PENDING if conf.get("TRACING_OTLP_ENDPOINT") else ExportStatus.SKIPPED
+    limits = read_limits()  # once per batch: Django's settings per event and attribute cost a third of normalise
     for position, record in enumerate(records):
         try:
-            fields = normalise(record, now_ns)
+            fields = normalise(record, now_ns, limits)
         except InvalidEvent as exc:
             rejected.append(_reject(batch_id, position, str(exc), record, now))
             continue
@@ -67,12 +69,12 @@ def ingest_batch(records, batch_id: str) -> dict:
 _INSERT_FIELDS = [f for f in TraceEvent._meta.concrete_fields if not f.primary_key]
 _COLUMN_DEFAULTS = {"export_attempts": 0, "export_error": "", "exported_at": None, "lease_until": None,
                     "lease_token": ""}
-_JSON_COLUMNS = ("attributes", "events", "issues")
 
 
 # PostgreSQL: rows are COPYed into this session's staging table, then moved with INSERT … SELECT … ON
 # CONFLICT DO NOTHING (COPY itself cannot skip duplicates).
 _STAGE = "tracing_ingest_stage"
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 
 
 def _insert(rows: list[dict]) -> None:
@@ -95,21 +97,45 @@ def _insert(rows: list[dict]) -> None:
     postgres = connection.vendor == "postgresql"
     adapt_datetime = (lambda value: value) if postgres else connection.ops.adapt_datetimefield_value
     received = adapt_datetime(rows[0]["received_at"])
+    row_values = operator.itemgetter(*names)
+    dumps = json.dumps
     params = []
     for row in rows:
-        values = {**_COLUMN_DEFAULTS, **row, "received_at": received, "start_time": adapt_datetime(row["start_time"])}
-        for key in _JSON_COLUMNS:  # JSON text: SQLite stores it as is, PostgreSQL reads it into jsonb
-            values[key] = json.dumps(values[key])
-        params.append([values[name] for name in names])
+        # JSON columns as text: SQLite stores it as is, PostgreSQL reads it into jsonb. The attributes' text
+        # comes from normalise when it produced it for this very object (one serialisation per event);
+        # events and issues are nearly always empty.
+        values = {**_COLUMN_DEFAULTS, **row}
+        values["received_at"] = received
+        values["start_time"] = adapt_datetime(values["start_time"])
+        attributes = values["attributes"]
+        known = row.get(ATTRIBUTES_JSON)
+        values["attributes"] = known[1] if known is not None and known[0] is attributes and known[1] is not None \
+            else dumps(attributes)
+        values["events"] = "[]" if values["events"] == [] else dumps(values["events"])
+        values["issues"] = "[]" if values["issues"] == [] else dumps(values["issues"])
+        params.append(row_values(values))
     with connection.cursor() as cursor:
         if not postgres:
             cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(names))}) "
                                f"ON CONFLICT ({unique}) DO NOTHING", params)
             return
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(_STAGE)} AS SELECT {columns} FROM {table} "
-                       "WITH NO DATA")
+        # First straight into the table, in a savepoint: nearly every batch holds no span already stored, and
+        # this skips the staging table's write, read and TRUNCATE. A duplicate (a redelivered batch, or one
+        # span twice in a batch) makes COPY fail with a unique violation: the savepoint is rolled back and
+        # the batch goes the staging way below, which skips duplicates. Any other error propagates.
         # psycopg 3's COPY, past Django's cursor: its errors are turned into Django's here, as execute's are
         # (a DataError must reach _store's fallback).
+        try:
+            with transaction.atomic(), connection.wrap_database_errors, \
+                    cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for values in params:
+                    copy.write_row(values)
+            return
+        except IntegrityError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(_STAGE)} AS SELECT {columns} FROM {table} "
+                       "WITH NO DATA")
         with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {quote(_STAGE)} ({columns}) FROM STDIN") as copy:
             for values in params:
                 copy.write_row(values)

@@ -1,4 +1,5 @@
 """Ingestion's gate: every kind of bad input is normalised (and noted) or rejected with a clear reason."""
+import json
 import math
 import time
 
@@ -119,3 +120,41 @@ def test_caller_attributes_turn_non_serialisable_values_into_text_and_say_so():
     assert out["ok"] == 1 and out["obj"] == "<Thing>" and out["d"] == '{"a": 1}' and out["none"] == "null"
     assert out["mixed"] == '[1, "a"]'
     assert sorted(out["tracing.normalised"]) == ["d", "mixed", "none", "obj"]
+
+
+@pytest.mark.parametrize("field", ["kind", "status", "span_kind"])
+@pytest.mark.parametrize("value", [["a", "list"], {"an": "object"}, 7, None])
+def test_a_kind_status_or_span_kind_that_is_not_a_string_is_normalised_not_raised(field, value):
+    """A list is not even hashable: the membership test itself used to raise TypeError out of ingestion."""
+    fields = normalise(record(**{field: value}), NOW)
+    assert fields[field] == {"kind": "other", "status": "unset", "span_kind": "internal"}[field]
+    assert f"{field} " in fields["issues"][0] and "is unknown" in fields["issues"][0]
+
+
+# Values at and beyond every limit the fast path checks; each must come out exactly as the slow path has it.
+TRICKY = [
+    {}, {"k": "v"}, {"i": 1, "f": 1.5, "b": True, "n": None}, {"big": 2**63}, {"big": -(2**63) - 1},
+    {"edge": 2**63 - 1}, {"nan": math.nan}, {"inf": -math.inf}, {"nul": "a\x00b"}, {"ctl": "a\x01b"},
+    {"é": "ascii value"}, {"k": "non-ascii é"}, {"k": "x\ud800y"}, {"k": "line\nbreak"}, {"k": "back\\u0041slash"},
+    {"k" * 257: 1}, {"k" * 256: 1}, {"long": "y" * 120}, {"long": "y" * 121}, {"list": [1, 2]}, {"d": {"a": 1}},
+    {1: "int key"}, {f"a{i}": i for i in range(6)}, {f"a{i}": i for i in range(5)}, {"k": "z" * 60, "l": "z" * 60},
+]
+
+
+@pytest.mark.parametrize("attributes", TRICKY, ids=range(len(TRICKY)))
+def test_the_attribute_fast_path_agrees_with_the_slow_path_on_every_limit(attributes, monkeypatch):
+    from apps.tracing import records as records_module
+    from apps.tracing.records import ATTRIBUTES_JSON, Limits
+
+    limits = Limits(max_attributes=5, max_attribute_length=120, max_attributes_bytes=160,
+                    max_future_skew_ns=300 * 10**9, max_past_age_ns=7 * 24 * 3600 * 10**9)
+    fast = normalise(record(attributes=dict(attributes)), NOW, limits)
+    monkeypatch.setattr(records_module, "plain_json", lambda attributes, limits: None)
+    slow = normalise(record(attributes=dict(attributes)), NOW, limits)
+    assert fast["attributes"] == slow["attributes"]
+    assert fast["issues"] == slow["issues"]
+    obj, text = fast[ATTRIBUTES_JSON]
+    assert obj is fast["attributes"]
+    if text is not None:  # the fast path took it: its text is what is stored, so it must be exact JSON of it
+        assert not fast["issues"] and json.loads(text) == fast["attributes"]
+        assert len(text) <= limits.max_attributes_bytes

@@ -109,8 +109,8 @@ def test_an_event_the_database_refuses_is_rejected_and_the_rest_of_its_batch_sto
     normalise = services.normalise
     field, value = POISONS[poison]
 
-    def poisoned(record, now_ns):
-        fields = normalise(record, now_ns)
+    def poisoned(record, now_ns, *args):
+        fields = normalise(record, now_ns, *args)
         if fields["name"] == "poison":
             fields[field] = value
         return fields
@@ -122,3 +122,64 @@ def test_an_event_the_database_refuses_is_rejected_and_the_rest_of_its_batch_sto
     assert "database refused the event" in RejectedEvent.objects.get().reason
     services.ingest_batch([make_record(name="after")], "p2")  # the next batch is not affected
     assert TraceEvent.objects.filter(name="after").count() == 1
+
+
+def test_the_limits_are_read_once_per_batch_and_a_changed_setting_applies_to_the_next_batch(settings, monkeypatch):
+    from apps.tracing import conf
+
+    reads = []
+    real_get = conf.get
+    monkeypatch.setattr(conf, "get", lambda name: reads.append(name) or real_get(name))
+    services.ingest_batch([make_record(name="a", text="x" * 50) for _ in range(40)], "limits-1")
+    assert len(reads) <= 10  # not per event (40) or per attribute: the batch reads each setting once
+    settings.TRACING_MAX_ATTRIBUTE_LENGTH = 10
+    services.ingest_batch([make_record(name="b", text="x" * 50)], "limits-2")
+    assert TraceEvent.objects.filter(name="a").first().attributes["text"] == "x" * 50
+    stored = TraceEvent.objects.get(name="b")
+    assert stored.attributes["text"] == "x" * 10 and "truncated from 50 to 10" in stored.issues[0]
+
+
+def test_clean_attributes_are_serialised_once_and_a_replaced_object_is_serialised_again(monkeypatch):
+    import json
+
+    from apps.tracing import records
+
+    encoded, dumped = [], []
+    real_encode, real_dumps = records._compact_json, json.dumps
+    monkeypatch.setattr(records, "_compact_json", lambda value: encoded.append(value) or real_encode(value))
+    monkeypatch.setattr(json, "dumps", lambda value, *a, **k: dumped.append(value) or real_dumps(value, *a, **k))
+    services.ingest_batch([make_record(name="clean", n=i, who="user:1") for i in range(5)], "once")
+    assert len(encoded) == 5 and not [value for value in dumped if isinstance(value, dict)]
+    assert sorted(TraceEvent.objects.values_list("attributes__n", flat=True)) == [0, 1, 2, 3, 4]
+
+    normalise = services.normalise
+
+    def replaced(record, now_ns, *args):  # the text normalise made belongs to the object it made it for
+        fields = normalise(record, now_ns, *args)
+        fields["attributes"] = {"replaced": True}
+        return fields
+
+    monkeypatch.setattr(services, "normalise", replaced)
+    services.ingest_batch([make_record(name="replaced", n=9)], "replaced")
+    assert TraceEvent.objects.get(name="replaced").attributes == {"replaced": True}
+
+
+def test_postgresql_copies_a_batch_straight_into_the_table_and_takes_the_staging_way_only_for_duplicates():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is the PostgreSQL path")
+
+    def stage_exists():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('pg_temp.tracing_ingest_stage') IS NOT NULL")
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.tracing_ingest_stage")
+    first = [make_record(name="fresh") for _ in range(3)]
+    assert services.ingest_batch(first, "fresh")["stored"] == 3
+    assert not stage_exists()  # no duplicate: COPY went straight into the table
+    again = services.ingest_batch([*first, make_record(name="new")], "dup")  # a redelivery plus one new event
+    assert stage_exists() and again["rejected"] == 0
+    assert sorted(TraceEvent.objects.values_list("name", flat=True)) == ["fresh"] * 3 + ["new"]
