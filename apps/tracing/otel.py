@@ -14,6 +14,7 @@ ingestion tasks, which would make spans of their own, forever.
 from __future__ import annotations
 
 import atexit
+import json
 import time
 import uuid
 
@@ -54,13 +55,20 @@ class PlatformSampler(Sampler):
         return f"PlatformSampler(untraced={sorted(self._untraced)})"
 
 
+encode_batch = json.JSONEncoder(separators=(",", ":"), default=repr).encode
+
+
 def publish_batch(records: list[dict]) -> None:
     """Send one batch to the ops_trace queue (one retry on a dropped connection; the buffer keeps it otherwise)."""
     token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
     try:
+        # The batch travels as one JSON text, not as a list in the message: the worker decodes a message body
+        # twice (the consumer, then the pool) with kombu's Python object_hook on every JSON object; a long string
+        # is cheap to decode, and ingestion decodes it once with the C decoder (services.ingest_batch). Values
+        # the encoder does not know (none are expected from the SDK) become their repr().
         # No result row: with result_extended every result would store the whole batch again as its args.
-        ingest.apply_async(args=(records, uuid.uuid4().hex), retry_policy={"max_retries": 1}, ignore_result=True,
-                           argsrepr=f"[<{len(records)} trace events>]")
+        ingest.apply_async(args=(encode_batch(records), uuid.uuid4().hex), retry_policy={"max_retries": 1},
+                           ignore_result=True, argsrepr=f"[<{len(records)} trace events>]")
     finally:
         otel_context.detach(token)
 

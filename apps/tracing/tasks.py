@@ -21,8 +21,9 @@ _export_in_flight = {"value": False}  # per process: at most one triggered expor
 
 
 @shared_task(name="tracing.ingest", soft_time_limit=60, time_limit=90, track_started=False)
-def ingest(records: list, batch_id: str = "") -> dict:
-    """Store a batch of event records; then, if a collector is configured and up, start an export."""
+def ingest(records: list | str, batch_id: str = "") -> dict:
+    """Store a batch of event records (a list, or its JSON text as the buffer sends it); then, if a collector is
+    configured and up, start an export."""
     result = services.ingest_batch(records, batch_id)
     if result["export"] == "pending" and result["stored"] and not _export_in_flight["value"] \
             and services.collector_backoff_remaining() == 0:

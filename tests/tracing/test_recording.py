@@ -117,3 +117,17 @@ def test_a_batch_the_message_guard_refuses_is_split_not_stuck(recorder):
     assert all(len(b) <= 3 for b in publisher.batches)
     assert sorted(r["attributes"]["i"] for r in publisher.records) == list(range(10))
     assert buffer.dropped == 0
+
+
+def test_the_buffer_publishes_a_batch_as_one_json_text(monkeypatch):
+    from apps.tracing import otel
+    from apps.tracing.tasks import ingest
+
+    sent = []
+    monkeypatch.setattr(ingest, "apply_async", lambda args, **options: sent.append((args, options)))
+    records = [{"name": "a", "attributes": {"n": 1, "tags": ("x", "y")}}, {"name": "é", "attributes": {}}]
+    otel.publish_batch(records)
+    ((text, batch_id), options), = sent
+    assert isinstance(text, str) and text.isascii() and len(batch_id) == 32
+    assert json.loads(text) == [{"name": "a", "attributes": {"n": 1, "tags": ["x", "y"]}}, {"name": "é", "attributes": {}}]
+    assert options["ignore_result"] is True and options["argsrepr"] == "[<2 trace events>]"

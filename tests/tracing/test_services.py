@@ -183,3 +183,43 @@ def test_postgresql_copies_a_batch_straight_into_the_table_and_takes_the_staging
     again = services.ingest_batch([*first, make_record(name="new")], "dup")  # a redelivery plus one new event
     assert stage_exists() and again["rejected"] == 0
     assert sorted(TraceEvent.objects.values_list("name", flat=True)) == ["fresh"] * 3 + ["new"]
+
+
+def test_a_batch_sent_as_json_text_is_decoded_and_stored_and_text_that_is_not_json_is_rejected_whole():
+    import json
+
+    batch = [make_record(name="from-text", n=1), make_record(name="from-text", n=2)]
+    assert services.ingest_batch(json.dumps(batch), "text")["stored"] == 2
+    assert TraceEvent.objects.filter(name="from-text").count() == 2
+    for bad in ('[{"trace_id": ', "[" * 100_000):  # truncated; nested past the decoder's recursion limit
+        result = services.ingest_batch(bad, f"bad-{len(bad)}")
+        assert (result["stored"], result["rejected"], result["received"]) == (0, 1, 0)
+    reasons = list(RejectedEvent.objects.order_by("id").values_list("position", "reason"))
+    assert [position for position, _ in reasons] == [-1, -1]
+    assert all("its text is not JSON" in reason for _, reason in reasons)
+
+
+def test_the_garbage_collector_is_paused_only_while_a_batch_is_normalised(monkeypatch):
+    import gc
+
+    seen = []
+    normalise = services.normalise
+
+    def watching(record, now_ns, *args):
+        seen.append(gc.isenabled())
+        return normalise(record, now_ns, *args)
+
+    monkeypatch.setattr(services, "normalise", watching)
+    assert gc.isenabled()
+    services.ingest_batch([make_record(), make_record()], "gc-1")
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()  # whoever disabled it keeps it disabled
+    try:
+        services.ingest_batch([make_record()], "gc-2")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    monkeypatch.setattr(services, "normalise", lambda *args: 1 / 0)  # an unexpected error: enabled again
+    with pytest.raises(ZeroDivisionError):
+        services.ingest_batch([make_record()], "gc-3")
+    assert gc.isenabled()
