@@ -7,9 +7,12 @@ What it does, all in one run on this machine (same-run baselines, reported as ra
 1. Recording cost per call (µs) in the caller: ``tracing.span()``, ``@tracing.traced``, ``tracing.audit()``,
    isolated (publish is a no-op, no worker) and with the pipeline running (flusher publishing, worker
    ingesting on the same cores); baselines: a bare OpenTelemetry SDK span with no processor, a dict append.
-2. Sustained throughput: this process records N operation spans with ``tracing.span()`` as fast as it can;
-   the buffer publishes batches to a scratch RabbitMQ vhost; a real eventlet io worker (compose/start/io)
-   ingests them into a scratch database. events/s = N / (first record -> last row stored).
+2. Sustained throughput: ``--recorders`` processes (default 2; a deployment records from many web and worker
+   processes) together record N operation spans with ``tracing.span()`` as fast as they can; their buffers
+   publish batches to a scratch RabbitMQ vhost; a real eventlet io worker (compose/start/io) ingests them into a
+   scratch database. events/s = N / (the recorders' first ``span()`` -> last row stored). Recorder processes
+   are spawned and set up (Django, broker connection) before the clock starts; ``--recorders 1`` records in
+   this process, as the benchmark did before it had the option.
    Baselines: raw kombu publish of the same batches (JSON, persistent, publisher confirms, no consumer),
    and ``services.ingest_batch`` of the same batches called directly in this process (the database alone).
 Prints a JSON report; --json-out writes it to a file.
@@ -81,6 +84,62 @@ def recording_cost(calls: int) -> dict:
     return result
 
 
+def _recorder(index: int, count: int, url: str, batch: int, flush_bytes: int, ready, go, results) -> None:
+    """One recording process (spawned): set up like any platform process, then record ``count`` spans."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    settings.TRACING_FLUSH_EVENTS = batch
+    settings.TRACING_FLUSH_BYTES = flush_bytes
+    from apps.tracing import api as tracing
+    from apps.tracing import otel
+    from project.celery import app
+
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+    buffer = otel.setup()
+    # The buffer exists since django.setup() (TracingConfig.ready), built before the settings above: size it here.
+    buffer._flush_events, buffer._flush_bytes = batch, flush_bytes
+    with tracing.span("warm.op"):  # connects to the broker before the clock starts
+        pass
+    buffer.flush()
+    ready.put(index)
+    go.wait()
+    start = time.perf_counter()
+    for i in range(count):
+        with tracing.span("load.op", i=i, user="user:42", path="/orders/42"):
+            pass
+    recorded = time.perf_counter()
+    buffer.flush()
+    results.put({"index": index, "count": count, "start": start, "recorded": recorded,
+                 "flushed": time.perf_counter(), "published": buffer.published, "dropped": buffer.dropped,
+                 "cpu_s": time.process_time()})
+
+
+def record_in_processes(recorders: int, events: int, url: str, batch: int, flush_bytes: int, timeout: float):
+    """Spawn the recorders, wait until each is set up, start them together; returns (clock start, results)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of this process's threads (flusher, kombu)
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    shares = [events // recorders + (1 if i < events % recorders else 0) for i in range(recorders)]
+    processes = [context.Process(target=_recorder, args=(i, shares[i], url, batch, flush_bytes, ready, go, results),
+                                 daemon=True) for i in range(recorders)]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.get(timeout=120)
+    start = time.perf_counter()  # perf_counter is CLOCK_MONOTONIC: comparable across processes on this host
+    go.set()
+    outcome = [results.get(timeout=timeout) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    return start, outcome
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="events recorded for the throughput run")
@@ -88,6 +147,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--io-concurrency", default="20")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--batch", type=int, default=2000, help="events per batch (TRACING_FLUSH_EVENTS)")
+    parser.add_argument("--recorders", type=int, default=2,
+                        help="processes recording the sustained run's spans (1: this process, as before)")
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
 
@@ -123,8 +184,12 @@ def main(argv=None) -> dict:
     app._pool = None
     app.amqp._producer_pool = None
     buffer = otel.setup()
+    # Built by TracingConfig.ready() inside django.setup(), before the settings above were set: --batch sizes
+    # the buffer's batches here (it applied only to the baselines' batches before).
+    buffer._flush_events, buffer._flush_bytes = settings.TRACING_FLUSH_EVENTS, settings.TRACING_FLUSH_BYTES
     worker = None
-    report: dict = {"events": args.events, "batch": args.batch, "database": connection.vendor, "cpus": os.cpu_count(),
+    report: dict = {"events": args.events, "batch": args.batch, "recorders": args.recorders,
+                    "database": connection.vendor, "cpus": os.cpu_count(),
                     "load_average_before": os.getloadavg()}
     try:
         # Isolated: the buffer's publish is a no-op, no worker runs: the caller's own cost.
@@ -148,13 +213,25 @@ def main(argv=None) -> dict:
 
         # --- sustained: record -> buffer -> broker -> eventlet worker -> database --------------------
         published_before = buffer.published
-        start = time.perf_counter()
-        for i in range(args.events):
-            with tracing.span("load.op", i=i, user="user:42", path="/orders/42"):
-                pass
-        recorded = time.perf_counter()
-        buffer.flush()
-        flushed = time.perf_counter()
+        if args.recorders > 1:
+            start, outcome = record_in_processes(args.recorders, args.events, url, args.batch,
+                                                 settings.TRACING_FLUSH_BYTES, args.timeout)
+            recorded = max(result["recorded"] for result in outcome)
+            flushed = max(result["flushed"] for result in outcome)
+            published = sum(result["published"] for result in outcome) - args.recorders  # less the warm-up spans
+            dropped = sum(result["dropped"] for result in outcome)
+            report["recorder_processes"] = [
+                {"recorded_per_s": r["count"] / (r["recorded"] - r["start"]), "seconds_recording": r["recorded"] - r["start"],
+                 "cpu_s_including_setup": r["cpu_s"]} for r in outcome]
+        else:
+            start = time.perf_counter()
+            for i in range(args.events):
+                with tracing.span("load.op", i=i, user="user:42", path="/orders/42"):
+                    pass
+            recorded = time.perf_counter()
+            buffer.flush()
+            flushed = time.perf_counter()
+            published, dropped = buffer.published - published_before, buffer.dropped
         expected = args.events
         stored = 0
         while time.monotonic() < wait_until:
@@ -164,9 +241,10 @@ def main(argv=None) -> dict:
             time.sleep(0.05)
         done = time.perf_counter()
         report["sustained"] = {
+            "recorders": args.recorders,
             "recorded_per_s": expected / (recorded - start),
-            "published_events": buffer.published - published_before,
-            "dropped": buffer.dropped,
+            "published_events": published,
+            "dropped": dropped,
             "stored": stored,
             "seconds_first_record_to_last_stored": done - start,
             "seconds_recording": recorded - start,
@@ -203,7 +281,9 @@ def main(argv=None) -> dict:
         # Ingestion only: the same batches published as tracing.ingest tasks; the worker drains them.
         from apps.tracing.tasks import ingest
 
-        renamed = [[{**r, "name": "ingest.op", "trace_id": uuid.uuid4().hex} for r in b] for b in batches]
+        # Encoded as the buffer sends them (one JSON text per batch, otel.publish_batch), outside the clock.
+        renamed = [otel.encode_batch([{**r, "name": "ingest.op", "trace_id": uuid.uuid4().hex} for r in b])
+                   for b in batches]
         t0 = time.perf_counter()
         for b in renamed:
             ingest.apply_async(args=(b, uuid.uuid4().hex), ignore_result=True, argsrepr="[<batch>]")

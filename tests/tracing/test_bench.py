@@ -31,5 +31,8 @@ def test_benchmark_runs_and_stores_every_recorded_event(tmp_path):
     assert proc.returncode == 0, output[-5000:]
     report = json.loads(out.read_text())
     assert report["sustained"]["stored"] == 1000 and report["sustained"]["dropped"] == 0
+    # Recorded by the default two spawned recorder processes, each publishing its share.
+    assert report["recorders"] == 2 and len(report["recorder_processes"]) == 2
+    assert report["sustained"]["published_events"] == 1000
     assert report["sustained"]["events_per_s_recorded_to_stored"] > 0
     assert report["recording_isolated"]["span_us"] > 0 and "raw_kombu_publish_confirmed_events_per_s" in report["baselines"]
