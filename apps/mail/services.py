@@ -481,14 +481,19 @@ def deliver(message_id: int, task_id: str = "") -> Outcome:
         if refused:
             _release_db_connection()  # a throttled delivery may sleep before its next claim: not on a connection
             return refused
-        try:
-            email = build_email(message)
-            data = email.message().as_bytes(linesep="\r\n")
-        except Exception as exc:  # a stored message that cannot be built will never be sendable
-            _record(message_id, me, status=Status.FAILED, last_error=f"cannot build the message: {exc!r}")
-            return Outcome("FAILED", f"cannot build the message: {exc!r}")
+        built = _build_or_fail(message, me)
         _release_db_connection()
-    return _send_claimed(message, me, email.recipients(), data)
+    return built if isinstance(built, Outcome) else _send_claimed(message, me, *built)
+
+
+def _build_or_fail(message: Message, me: str) -> tuple[list[str], bytes] | Outcome:
+    """(recipients, the message's bytes), or FAILED recorded: a stored message that cannot be built never will be."""
+    try:
+        email = build_email(message)
+        return email.recipients(), email.message().as_bytes(linesep="\r\n")
+    except Exception as exc:
+        _record(message.pk, me, status=Status.FAILED, last_error=f"cannot build the message: {exc!r}")
+        return Outcome("FAILED", f"cannot build the message: {exc!r}")
 
 
 def _send_claimed(message: Message, me: str, recipients: list[str], data: bytes) -> Outcome:
@@ -565,14 +570,8 @@ def deliver_batch(message_ids: list[int], task_id: str = "", budget: float = 30.
             message = pending.popleft()  # from here its outcome is recorded, never handed back
             # Built just before its conversation, not all at the claim: at -c 500 every batch building 25
             # messages at once kept the SENT writer from its turn for seconds (bench/mail_throughput.py).
-            try:
-                email = build_email(message)
-                data = email.message().as_bytes(linesep="\r\n")
-            except Exception as exc:  # a stored message that cannot be built will never be sendable
-                _record(message.pk, me, status=Status.FAILED, last_error=f"cannot build the message: {exc!r}")
-                outcome = Outcome("FAILED", f"cannot build the message: {exc!r}")
-            else:
-                outcome = _send_claimed(message, me, email.recipients(), data)
+            built = _build_or_fail(message, me)
+            outcome = built if isinstance(built, Outcome) else _send_claimed(message, me, *built)
             _release_db_connection()  # the next conversation takes 100 ms or more: not on a pooled connection
             result.counts[outcome.status] += 1
             if outcome.status == "RETRY":

@@ -27,6 +27,22 @@ def publish_bulk(ids):
             bulk_send_message.apply_async((pk,), producer=producer)
 
 
+def send_a_transactional_message(address: str) -> tuple[Message, float]:
+    """Enqueue a password reset and wait until it is SENT: (its row, the seconds it took)."""
+    started = time.monotonic()
+    message, _ = services.enqueue(to=[address], subject="Password reset", body="link")
+    row = wait_for(lambda: Message.objects.filter(pk=message.pk, status=Status.SENT).first(), timeout=60,
+                   interval=0.05, message="the transactional message to be sent")
+    return row, time.monotonic() - started
+
+
+def purge_bulk(broker_url: str) -> None:
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        conn.default_channel.queue_purge("mail_bulk")
+
+
 def test_transactional_overtakes_5000_waiting_bulk_messages(start_mail_worker, mail_broker_url, smtp_server):
     # bulk.test answers each message after 0.2 s: 5,000 of them keep 20 green threads busy for ~a minute.
     worker = start_mail_worker(IO_CONCURRENCY=20)
@@ -40,11 +56,7 @@ def test_transactional_overtakes_5000_waiting_bulk_messages(start_mail_worker, m
         waiting_before = rabbit.queue_message_count(mail_broker_url, "mail_bulk")
         assert waiting_before > 1000, "the bulk backlog must be waiting when the transactional message arrives"
 
-        started = time.monotonic()
-        message, _ = services.enqueue(to=["reset@accept.test"], subject="Password reset", body="link")
-        row = wait_for(lambda: Message.objects.filter(pk=message.pk, status=Status.SENT).first(), timeout=60,
-                       interval=0.05, message="the transactional message to be sent")
-        took = time.monotonic() - started
+        row, took = send_a_transactional_message("reset@accept.test")
         waiting_after = rabbit.queue_message_count(mail_broker_url, "mail_bulk")
         bulk_sent = Message.objects.filter(bulk=True, status=Status.SENT).count()
         print(f"transactional sent in {took:.2f}s; bulk waiting {waiting_before} -> {waiting_after}, "
@@ -54,10 +66,7 @@ def test_transactional_overtakes_5000_waiting_bulk_messages(start_mail_worker, m
         assert took < 20  # "within a few seconds"; generous for a loaded 2-core machine (figure in the output)
     finally:
         worker.stop()
-        from kombu import Connection
-
-        with Connection(mail_broker_url) as conn:
-            conn.default_channel.queue_purge("mail_bulk")
+        purge_bulk(mail_broker_url)
         Message.objects.filter(bulk=True, status=Status.QUEUED).update(status=Status.CANCELLED)
 
 
@@ -81,11 +90,7 @@ def test_transactional_overtakes_a_newsletter_sent_in_batches(start_mail_worker,
 
         waiting_before = waiting()
         assert waiting_before > 1000, "the newsletter must be waiting when the transactional message arrives"
-        started = time.monotonic()
-        message, _ = services.enqueue(to=["reset2@accept.test"], subject="Password reset", body="link")
-        row = wait_for(lambda: Message.objects.filter(pk=message.pk, status=Status.SENT).first(), timeout=60,
-                       interval=0.05, message="the transactional message to be sent")
-        took = time.monotonic() - started
+        row, took = send_a_transactional_message("reset2@accept.test")
         waiting_after = waiting()
         print(f"transactional sent in {took:.2f}s; newsletter messages waiting {waiting_before} -> {waiting_after}")
         assert row.status == Status.SENT
@@ -93,7 +98,4 @@ def test_transactional_overtakes_a_newsletter_sent_in_batches(start_mail_worker,
         assert took < 20
     finally:
         worker.stop()
-        from kombu import Connection
-
-        with Connection(mail_broker_url) as conn:
-            conn.default_channel.queue_purge("mail_bulk")
+        purge_bulk(mail_broker_url)
